@@ -1,0 +1,236 @@
+"""The visitor websocket (docs/protocol.md): validates frames and calls services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from conversations import events, frames, ratelimit, selectors, services, stream_state, visitors
+from conversations.client_address import from_scope
+from conversations.models import Conversation, Message
+from conversations.serializers import message_dict, status_event
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+
+
+def _origin(scope: dict) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"origin":
+            return value.decode("latin-1")
+    return None
+
+
+class VisitorConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation | None = None
+    ready = False
+
+    async def connect(self) -> None:
+        self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.address = from_scope(self.scope)
+        self.group = events.group_name(self.conversation_id)
+        # Filters that keep a resumed client from seeing anything twice.
+        self.snapshot_seq = 0
+        self.final_in_snapshot: set[str] = set()
+        self.next_delta: dict[str, int] = {}
+        try:
+            uuid.UUID(self.conversation_id)
+        except ValueError:
+            await self.close()
+            return
+        self.conversation = await database_sync_to_async(selectors.conversation_by_id)(
+            self.conversation_id
+        )
+        origin = _origin(self.scope)
+        if self.conversation is not None:
+            if origin is None and not settings.DEBUG:
+                await self.close()
+                return
+            if origin is not None and not self.conversation.site.allows_origin(origin):
+                await self.close()
+                return
+        await self.accept()
+        self.hello_deadline = asyncio.get_running_loop().call_later(
+            settings.WS_HELLO_TIMEOUT, lambda: asyncio.ensure_future(self._hello_timed_out())
+        )
+
+    async def _hello_timed_out(self) -> None:
+        if not self.ready:
+            await self.close(code=CLOSE_UNAUTHORIZED)
+
+    async def disconnect(self, code: int) -> None:
+        deadline = getattr(self, "hello_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        if self.ready:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            if not self.ready:
+                await self.close(code=CLOSE_UNAUTHORIZED)
+                return
+            await self._error("bad_request", "Binary frames are not accepted.")
+            return
+        try:
+            frame = frames.parse(text_data)
+            if not self.ready:
+                if frame["type"] != "hello":
+                    await self.close(code=CLOSE_UNAUTHORIZED)
+                    return
+                await self._hello(frames.hello(frame))
+                return
+            handler = {
+                "message": self._message,
+                "handoff": self._handoff,
+                "ping": self._ping,
+                "hello": self._hello_again,
+            }.get(frame["type"])
+            if handler is None:
+                raise frames.FrameError("bad_request", f"Unknown type {frame['type'][:40]!r}.")
+            await handler(frame)
+        except frames.FrameError as error:
+            if not self.ready:
+                await self.close(code=CLOSE_UNAUTHORIZED)
+                return
+            await self._error(error.code, error.detail)
+        except DatabaseError:
+            logger.exception("database error on conversation %s", self.conversation_id)
+            await self._error("unavailable", "The service is briefly unavailable; try again.")
+
+    # --- Client frames ---------------------------------------------------------
+
+    async def _hello(self, hello: frames.Hello) -> None:
+        conversation = self.conversation
+        if conversation is None or not visitors.owns(hello.token, conversation.visitor_hash):
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        self.visitor_hash = conversation.visitor_hash
+        self.hello_deadline.cancel()
+        # Join first, then read: an event published in between is both in the
+        # snapshot and queued for us, and the filters below drop the second copy.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        conversation, rows, streaming = await database_sync_to_async(_resume_rows)(
+            self.conversation_id, hello.last_seq
+        )
+        self.conversation = conversation
+        self.ready = True
+        self.snapshot_seq = conversation.seq
+        await self._send(
+            {
+                "type": "ready",
+                "conversation": {"id": str(conversation.pk), "status": conversation.status},
+                "last_seq": conversation.seq,
+            }
+        )
+        for row in rows:
+            if isinstance(row, Message):
+                await self._send({"type": "message", "message": await self._resumed(row)})
+            else:
+                await self._send(status_event(row))
+        for message in streaming:
+            await self._send({"type": "message", "message": await self._resumed(message)})
+
+    async def _resumed(self, message: Message) -> dict[str, Any]:
+        if message.status != Message.Status.STREAMING:
+            self.final_in_snapshot.add(str(message.pk))
+            return message_dict(message)
+        text, next_index = await stream_state.snapshot(message.pk)
+        self.next_delta[str(message.pk)] = next_index
+        data = message_dict(message, text_so_far=text)
+        data["next_index"] = next_index
+        return data
+
+    async def _hello_again(self, frame: dict[str, Any]) -> None:
+        raise frames.FrameError("bad_request", "Already said hello on this socket.")
+
+    async def _message(self, frame: dict[str, Any]) -> None:
+        visitor_text = frames.visitor_text(frame)
+        client_id = visitor_text.client_id or f"server-{uuid.uuid4()}"
+        existing = await database_sync_to_async(selectors.message_by_client_id)(
+            self.conversation_id, client_id
+        )
+        if existing is not None:
+            await self._send({"type": "message", "message": message_dict(existing)})
+            return
+        for scope, subject, limit in (
+            ("msg-visitor", self.visitor_hash, settings.RATE_VISITOR_MESSAGES_PER_MINUTE),
+            ("msg-address", self.address, settings.RATE_ADDRESS_MESSAGES_PER_MINUTE),
+        ):
+            verdict = await ratelimit.ahit(scope, subject, limit=limit, window=60)
+            if not verdict.allowed:
+                await self._error(
+                    "rate_limited",
+                    "You are sending messages too quickly; wait a moment.",
+                    retry_after=verdict.retry_after,
+                    client_id=client_id,
+                )
+                return
+        try:
+            stored = await database_sync_to_async(services.message_create_from_visitor)(
+                conversation_id=self.conversation_id, text=visitor_text.text, client_id=client_id
+            )
+        except services.ConversationClosed:
+            await self._error(
+                "conversation_closed",
+                "This conversation is closed; start a new one.",
+                client_id=client_id,
+            )
+            return
+        if not stored.created:
+            await self._send({"type": "message", "message": message_dict(stored.message)})
+        # A new message's echo reaches this socket through the group, in seq order.
+
+    async def _handoff(self, frame: dict[str, Any]) -> None:
+        await database_sync_to_async(services.conversation_request_handoff)(
+            conversation_id=self.conversation_id, reason="visitor asked for a person"
+        )
+
+    async def _ping(self, frame: dict[str, Any]) -> None:
+        await self._send({"type": "pong"})
+
+    # --- Group events ------------------------------------------------------------
+
+    async def conversation_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        kind = event.get("type")
+        if kind == "delta":
+            if event["index"] < self.next_delta.get(event["message_id"], 0):
+                return
+        elif kind == "message" or kind == "status":
+            seq = event["message"]["seq"] if kind == "message" else event["seq"]
+            if seq <= self.snapshot_seq:
+                return
+        elif kind == "done":
+            message_id = event["message"]["id"]
+            self.next_delta.pop(message_id, None)
+            if message_id in self.final_in_snapshot:
+                return
+        await self._send(event)
+
+    # --- Helpers -------------------------------------------------------------------
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+
+    async def _error(self, code: str, detail: str, **extra: Any) -> None:
+        await self._send({"type": "error", "code": code, "detail": detail, **extra})
+
+
+def _resume_rows(conversation_id: str, last_seq: int):
+    conversation = Conversation.objects.get(pk=conversation_id)
+    rows = selectors.events_after(conversation_id, last_seq)
+    seen = {row.pk for row in rows if isinstance(row, Message)}
+    # A reply still streaming is resent even if the client counted its seq, so a
+    # client that dropped mid-reply gets the text so far and the rest.
+    streaming = [m for m in selectors.streaming_messages(conversation_id) if m.pk not in seen]
+    return conversation, rows, streaming

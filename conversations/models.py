@@ -1,0 +1,223 @@
+"""Sites, conversations, their messages and status changes, and tickets."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def new_site_key() -> str:
+    return "site_" + secrets.token_urlsafe(18)
+
+
+def validate_origins(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError("Allowed origins must be a list of strings like https://example.com")
+    for origin in value:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValidationError(f"{origin!r} is not an origin (scheme://host[:port])")
+
+
+class Site(models.Model):
+    """A website that embeds the widget; its key is public, its prompt is not."""
+
+    name = models.CharField(max_length=200)
+    public_key = models.CharField(max_length=64, unique=True, default=new_site_key)
+    allowed_origins = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_origins],
+        help_text='Origins allowed to embed the widget, e.g. ["https://shop.example.com"].',
+    )
+    system_prompt = models.TextField(
+        default="You are a helpful, concise customer-support assistant.",
+    )
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Model name; empty uses the LLM_MODEL setting."
+    )
+    temperature = models.FloatField(
+        default=0.3, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    max_tokens = models.PositiveIntegerField(
+        default=512, validators=[MinValueValidator(1), MaxValueValidator(32_000)]
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def allows_origin(self, origin: str | None) -> bool:
+        if origin is None:
+            return True
+        return "*" in self.allowed_origins or origin.rstrip("/") in {
+            allowed.rstrip("/") for allowed in self.allowed_origins
+        }
+
+
+class Conversation(models.Model):
+    class Status(models.TextChoices):
+        BOT = "bot", "Bot answers"
+        WAITING = "waiting", "Waiting for a person"
+        AGENT = "agent", "A person answers"
+        CLOSED = "closed", "Closed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="conversations")
+    # Only a hash: a database leak must not let anyone impersonate a visitor.
+    visitor_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.BOT)
+    handoff_requested = models.BooleanField(default=False)
+    handoff_reason = models.CharField(max_length=200, blank=True)
+    # The last seq handed out; incremented in the same transaction as each event.
+    seq = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["site", "visitor_hash"], name="conv_site_visitor"),
+            models.Index(fields=["status", "-updated_at"], name="conv_status_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site} / {self.id}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        VISITOR = "visitor"
+        ASSISTANT = "assistant"
+        AGENT = "agent"
+        SYSTEM = "system"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        FAILED = "failed"
+        WITHDRAWN = "withdrawn"
+
+    class Moderation(models.TextChoices):
+        PENDING = "pending"
+        PASSED = "passed"
+        FLAGGED = "flagged"
+        UNCHECKED = "unchecked"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    seq = models.PositiveBigIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    text = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
+    # NULL, not "": only messages that carry a client_id are unique on it.
+    client_id = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
+    # The visitor message an assistant reply answers: one reply per question, which
+    # makes a redelivered Celery task harmless.
+    reply_to = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply"
+    )
+    sources = models.JSONField(default=list, blank=True)
+    error_code = models.CharField(max_length=40, blank=True)
+
+    moderation = models.CharField(
+        max_length=10, choices=Moderation.choices, default=Moderation.PENDING
+    )
+    moderation_categories = models.JSONField(default=list, blank=True)
+    moderation_scores = models.JSONField(default=dict, blank=True)
+    moderation_provider = models.CharField(max_length=50, blank=True)
+
+    model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # True when the provider reported no usage and the counts are our own tokenizer's.
+    usage_estimated = models.BooleanField(default=False)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    total_time_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["conversation", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "seq"], name="message_seq_unique"),
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_client_id_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status"], condition=Q(status="streaming"), name="message_streaming"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.seq}"
+
+
+class StatusChange(models.Model):
+    """Who answers a conversation, from when, and why: one row per change."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="status_changes"
+    )
+    seq = models.PositiveBigIntegerField()
+    status = models.CharField(max_length=10, choices=Conversation.Status.choices)
+    reason = models.CharField(max_length=200, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "seq"], name="status_seq_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} #{self.seq}"
+
+
+class Ticket(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        PENDING = "pending"
+        RESOLVED = "resolved"
+
+    class Priority(models.IntegerChoices):
+        LOW = 1
+        NORMAL = 2
+        HIGH = 3
+        URGENT = 4
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="tickets")
+    subject = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tickets",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "-priority", "created_at"], name="ticket_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject

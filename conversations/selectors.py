@@ -1,0 +1,94 @@
+"""Reads. Views, consumers and tasks fetch through these and hold no query logic."""
+
+from __future__ import annotations
+
+from conversations import visitors
+from conversations.models import Conversation, Message, Site, StatusChange
+
+# A resuming client gets at most this many events at once; older ones stay
+# available through GET /messages.
+MAX_RESUME_EVENTS = 500
+
+
+def site_by_key(site_key: object) -> Site | None:
+    if not isinstance(site_key, str) or not 0 < len(site_key) <= 64:
+        return None
+    return Site.objects.filter(public_key=site_key).first()
+
+
+def conversation_by_id(conversation_id: object) -> Conversation | None:
+    try:
+        return Conversation.objects.select_related("site").filter(pk=conversation_id).first()
+    except (ValueError, TypeError):
+        return None
+
+
+def conversation_for_visitor(conversation_id: object, token: str) -> Conversation | None:
+    """The conversation if this token owns it; None hides whether it exists."""
+    conversation = conversation_by_id(conversation_id)
+    if conversation is None or not visitors.owns(token, conversation.visitor_hash):
+        return None
+    return conversation
+
+
+def messages_after(conversation_id: object, after_seq: int) -> list[Message]:
+    return list(
+        Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by("seq")
+    )
+
+
+def events_after(conversation_id: object, after_seq: int) -> list[Message | StatusChange]:
+    """Messages and status changes with seq > after_seq, in seq order."""
+    messages = messages_after(conversation_id, after_seq)[-MAX_RESUME_EVENTS:]
+    changes = list(
+        StatusChange.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by(
+            "seq"
+        )[:MAX_RESUME_EVENTS]
+    )
+    return sorted([*messages, *changes], key=lambda row: row.seq)[-MAX_RESUME_EVENTS:]
+
+
+def last_seq(conversation_id: object) -> int:
+    return Conversation.objects.values_list("seq", flat=True).get(pk=conversation_id)
+
+
+def prompt_history(conversation_id: object, up_to_seq: int, limit: int = 200) -> list[Message]:
+    """The latest turns up to a seq that a prompt may include, oldest first.
+
+    Failed and withdrawn answers are left out: the model should not build on text
+    that the visitor was told failed or that moderation removed.
+    """
+    rows = (
+        Message.objects.filter(
+            conversation_id=conversation_id,
+            seq__lte=up_to_seq,
+            role__in=[Message.Role.VISITOR, Message.Role.ASSISTANT, Message.Role.AGENT],
+            status=Message.Status.COMPLETE,
+        )
+        .order_by("-seq")
+        .only("role", "text", "seq")[:limit]
+    )
+    return list(reversed(rows))
+
+
+def message_by_client_id(conversation_id: object, client_id: str) -> Message | None:
+    return Message.objects.filter(conversation_id=conversation_id, client_id=client_id).first()
+
+
+def streaming_messages(conversation_id: object) -> list[Message]:
+    return list(
+        Message.objects.filter(
+            conversation_id=conversation_id, status=Message.Status.STREAMING
+        ).order_by("seq")
+    )
+
+
+def site_allowing_origin(origin: str) -> Site | None:
+    """Some site that lists this origin (for CORS preflights, which carry no site key)."""
+    if not origin or len(origin) > 300:
+        return None
+    origin = origin.rstrip("/")
+    return (
+        Site.objects.filter(allowed_origins__contains=[origin]).first()
+        or Site.objects.filter(allowed_origins__contains=["*"]).first()
+    )

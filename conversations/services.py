@@ -1,0 +1,213 @@
+"""Writes. Each takes keyword-only arguments, runs in one transaction, and leaves
+broadcasting to events.py after the commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from conversations import events, visitors
+from conversations.models import Conversation, Message, Site, StatusChange, Ticket
+
+logger = logging.getLogger(__name__)
+
+
+class ConversationClosed(Exception):
+    """The conversation takes no more messages."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    message: Message
+    created: bool  # False when the client_id had been stored before
+
+
+def conversation_create(*, site: Site, visitor_token: str | None) -> tuple[Conversation, str]:
+    """Start a conversation; a token already valid for this site is kept."""
+    if visitor_token is None or visitors.site_key_of(visitor_token) != site.public_key:
+        visitor_token = visitors.issue_token(site.public_key)
+    conversation = Conversation.objects.create(
+        site=site, visitor_hash=visitors.hash_token(visitor_token)
+    )
+    return conversation, visitor_token
+
+
+def _next_seq(conversation_id: object) -> tuple[int, str]:
+    """Take the conversation's next seq; the row lock serialises concurrent writers."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Conversation._meta.db_table} SET seq = seq + 1, updated_at = %s "  # noqa: S608
+            "WHERE id = %s RETURNING seq, status",
+            [timezone.now(), conversation_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Conversation.DoesNotExist(conversation_id)
+    return row[0], row[1]
+
+
+def message_create_from_visitor(
+    *, conversation_id: object, text: str, client_id: str
+) -> StoredMessage:
+    """Store a visitor's message once per client_id and, if the bot answers, queue a reply."""
+    existing = Message.objects.filter(conversation_id=conversation_id, client_id=client_id).first()
+    if existing is not None:
+        return StoredMessage(existing, created=False)
+    try:
+        with transaction.atomic():
+            seq, status = _next_seq(conversation_id)
+            if status == Conversation.Status.CLOSED:
+                raise ConversationClosed
+            message = Message.objects.create(
+                conversation_id=conversation_id,
+                seq=seq,
+                role=Message.Role.VISITOR,
+                text=text,
+                client_id=client_id,
+            )
+            events.message_on_commit(message)
+            if status == Conversation.Status.BOT:
+                from conversations.tasks import generate_reply
+
+                generate_reply.delay_on_commit(message.pk)
+    except IntegrityError:
+        # The same client_id raced in from another socket; the first one won.
+        existing = Message.objects.filter(
+            conversation_id=conversation_id, client_id=client_id
+        ).first()
+        if existing is None:
+            raise
+        return StoredMessage(existing, created=False)
+    return StoredMessage(message, created=True)
+
+
+def conversation_request_handoff(*, conversation_id: object, reason: str) -> StatusChange | None:
+    """Hand the conversation to a person; None if one already has it or it is closed."""
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        if conversation.status != Conversation.Status.BOT:
+            return None
+        change = _status_change(conversation, Conversation.Status.WAITING, reason=reason)
+        conversation.handoff_requested = True
+        conversation.handoff_reason = reason
+        conversation.save(update_fields=["handoff_requested", "handoff_reason", "updated_at"])
+        Ticket.objects.create(
+            conversation=conversation,
+            subject=_ticket_subject(conversation),
+            priority=Ticket.Priority.NORMAL,
+        )
+    return change
+
+
+def _status_change(
+    conversation: Conversation, status: str, *, reason: str, actor=None
+) -> StatusChange:
+    seq, _ = _next_seq(conversation.pk)
+    conversation.status = status
+    conversation.seq = seq
+    Conversation.objects.filter(pk=conversation.pk).update(status=status)
+    change = StatusChange.objects.create(
+        conversation=conversation, seq=seq, status=status, reason=reason, actor=actor
+    )
+    events.status_on_commit(change)
+    return change
+
+
+def _ticket_subject(conversation: Conversation) -> str:
+    first = conversation.messages.filter(role=Message.Role.VISITOR).order_by("seq").first()
+    text = " ".join(first.text.split()) if first else "Visitor asked for a person"
+    return text[:197] + "..." if len(text) > 200 else text
+
+
+# --- Replies (called by the Celery task through conversations.replies) -----------
+
+
+def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
+    """Create the streaming assistant message that answers a visitor message.
+
+    Returns None when no reply is due: the bot no longer answers the conversation,
+    or a reply already exists (a redelivered task). A reply left streaming by a
+    worker that died is failed here, so the visitor gets one outcome, not two.
+    """
+    with transaction.atomic():
+        question = (
+            Message.objects.select_related("conversation")
+            .select_for_update(of=("self",))
+            .get(pk=visitor_message_id)
+        )
+        existing = Message.objects.filter(reply_to=question).first()
+        if existing is not None:
+            if existing.status == Message.Status.STREAMING:
+                logger.warning("reply %s was left streaming by a lost worker", existing.pk)
+                _reply_close(existing, status=Message.Status.FAILED, error_code="worker_lost")
+            return None
+        if question.conversation.status != Conversation.Status.BOT:
+            return None
+        seq, status = _next_seq(question.conversation_id)
+        if status != Conversation.Status.BOT:
+            return None
+        reply = Message.objects.create(
+            conversation_id=question.conversation_id,
+            seq=seq,
+            role=Message.Role.ASSISTANT,
+            text="",
+            status=Message.Status.STREAMING,
+            reply_to=question,
+            model=model,
+        )
+        events.reply_started_on_commit(reply)
+    return reply
+
+
+def reply_complete(
+    *,
+    reply_id: int,
+    text: str,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    usage_estimated: bool,
+    time_to_first_token_ms: int | None,
+    total_time_ms: int,
+) -> Message:
+    with transaction.atomic():
+        reply = Message.objects.select_for_update().get(pk=reply_id)
+        reply.text = text
+        reply.prompt_tokens = prompt_tokens
+        reply.completion_tokens = completion_tokens
+        reply.usage_estimated = usage_estimated
+        reply.time_to_first_token_ms = time_to_first_token_ms
+        reply.total_time_ms = total_time_ms
+        _reply_close(reply, status=Message.Status.COMPLETE)
+    return reply
+
+
+def reply_fail(
+    *,
+    reply_id: int,
+    text_so_far: str,
+    error_code: str,
+    detail: str,
+    time_to_first_token_ms: int | None,
+    total_time_ms: int,
+) -> Message:
+    """Mark a reply failed, keeping whatever text had already streamed."""
+    with transaction.atomic():
+        reply = Message.objects.select_for_update().get(pk=reply_id)
+        reply.text = text_so_far
+        reply.time_to_first_token_ms = time_to_first_token_ms
+        reply.total_time_ms = total_time_ms
+        _reply_close(reply, status=Message.Status.FAILED, error_code=error_code, detail=detail)
+    return reply
+
+
+def _reply_close(
+    reply: Message, *, status: str, error_code: str = "", detail: str | None = None
+) -> None:
+    reply.status = status
+    reply.error_code = error_code
+    reply.completed_at = timezone.now()
+    reply.save()
+    events.reply_finished_on_commit(reply, error_detail=detail)

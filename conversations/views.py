@@ -1,0 +1,131 @@
+"""The visitor HTTP API (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from conversations import ratelimit, selectors, services, visitors
+from conversations.client_address import from_request
+from conversations.models import Site
+from conversations.serializers import conversation_dict, message_dict
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _with_cors(response: HttpResponse, request: HttpRequest, site: Site | None) -> HttpResponse:
+    """Allow the widget's origin to read the response, for that site's origins only."""
+    origin = request.headers.get("Origin")
+    if origin and site is not None and site.allows_origin(origin):
+        response["Access-Control-Allow-Origin"] = origin
+        response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response["Access-Control-Max-Age"] = "600"
+        response["Vary"] = "Origin"
+    return response
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    if len(request.body) > MAX_BODY_BYTES:
+        return None
+    try:
+        body = json.loads(request.body)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@csrf_exempt
+@require_http_methods(["POST", "OPTIONS"])
+def conversation_create(request: HttpRequest) -> HttpResponse:
+    if request.method == "OPTIONS":
+        # A preflight does not carry the site key, so any origin of a known site passes.
+        response = HttpResponse(status=204)
+        origin = request.headers.get("Origin", "")
+        site = selectors.site_allowing_origin(origin)
+        return _with_cors(response, request, site)
+    body = _json_body(request)
+    if body is None:
+        return _error(400, "bad_request", "The body must be a JSON object under 16 KiB.")
+    site = selectors.site_by_key(body.get("site_key"))
+    if site is None:
+        return _error(403, "forbidden", "Unknown site key.")
+    origin = request.headers.get("Origin")
+    if not site.allows_origin(origin):
+        return _error(403, "forbidden", "This origin may not use this site key.")
+    token = body.get("visitor_token")
+    if token is not None and not isinstance(token, str):
+        return _with_cors(
+            _error(400, "bad_request", "visitor_token must be a string."), request, site
+        )
+    verdict = ratelimit.hit(
+        "conversations",
+        from_request(request),
+        limit=settings.RATE_CONVERSATIONS_PER_HOUR,
+        window=3600,
+    )
+    if not verdict.allowed:
+        response = _error(
+            429,
+            "rate_limited",
+            "Too many conversations from this address; try again later.",
+            **{"Retry-After": str(verdict.retry_after)},
+        )
+        return _with_cors(response, request, site)
+    conversation, visitor_token = services.conversation_create(site=site, visitor_token=token)
+    response = JsonResponse(
+        {
+            "conversation": conversation_dict(conversation),
+            "visitor_token": visitor_token,
+            "websocket_url": f"/ws/v1/conversations/{conversation.pk}/",
+        },
+        status=201,
+    )
+    return _with_cors(response, request, site)
+
+
+@csrf_exempt
+@require_http_methods(["GET", "OPTIONS"])
+def message_list(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    if request.method == "OPTIONS":
+        site = selectors.site_allowing_origin(request.headers.get("Origin", ""))
+        return _with_cors(HttpResponse(status=204), request, site)
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or visitors.site_key_of(token) is None:
+        return _error(401, "unauthorized", "Send Authorization: Bearer <visitor_token>.")
+    conversation = selectors.conversation_for_visitor(conversation_id, token)
+    if conversation is None:
+        return _error(404, "not_found", "No such conversation.")
+    site = conversation.site
+    if not site.allows_origin(request.headers.get("Origin")):
+        return _error(403, "forbidden", "This origin may not read this conversation.")
+    raw_after = request.GET.get("after_seq", "0")
+    if not raw_after.isdigit() or len(raw_after) > 18:
+        return _with_cors(
+            _error(400, "bad_request", "after_seq must be a whole number, 0 or more."),
+            request,
+            site,
+        )
+    messages = selectors.messages_after(conversation.pk, int(raw_after))
+    response = JsonResponse(
+        {
+            "messages": [message_dict(message) for message in messages],
+            "last_seq": conversation.seq,
+            "status": conversation.status,
+        }
+    )
+    return _with_cors(response, request, site)
