@@ -91,6 +91,7 @@ CHANNEL_LAYERS = {
 # --- Celery ------------------------------------------------------------------
 
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "supportbot")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

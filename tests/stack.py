@@ -1,0 +1,161 @@
+"""Start and stop the real servers (uvicorn ASGI, Celery worker) as child processes.
+
+Used by the test fixtures and by the benchmark harness, so both exercise exactly
+what production runs: supportbot.settings configured through the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # A child must not outlive a test run that was killed (Linux only; best effort).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A child process whose output goes to a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            self.process.send_signal(sig)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+def _wait_for(what: str, check, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{what} exited early:\n{child.log()[-4000:]}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{child.log()[-4000:]}")
+
+
+class AsgiServer(Child):
+    def __init__(self, env: dict[str, str], log_dir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        argv = [
+            sys.executable, "-m", "uvicorn", "supportbot.asgi:application",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--ws-max-size", str(1024 * 1024), "--lifespan", "off", "--no-access-log",
+        ]  # fmt: skip
+        super().__init__("asgi", argv, env, log_dir)
+        _wait_for("ASGI server", self._answers, self, timeout=30)
+
+    def _answers(self) -> bool:
+        try:
+            httpx.get(self.url + "/api/v1/conversations", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
+
+
+class CeleryWorker(Child):
+    def __init__(self, env: dict[str, str], log_dir: Path, concurrency: int = 64):
+        self.hostname = f"worker-{uuid.uuid4().hex[:8]}@%h"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "supportbot", "worker",
+            "--pool", "threads", "--concurrency", str(concurrency),
+            "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+            "-n", self.hostname,
+        ]  # fmt: skip
+        super().__init__("worker", argv, env, log_dir)
+        _wait_for("Celery worker", lambda: " ready." in self.log(), self, timeout=60)
+
+
+def database_url(db: dict) -> str:
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    host = db.get("HOST") or ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    if host.startswith("/"):
+        return f"postgres://{auth}{port}/{db['NAME']}?host={host}"
+    return f"postgres://{auth}{host}{port}/{db['NAME']}"
+
+
+def server_env(*, database: dict, redis_url: str, llm_base_url: str, **overrides: str) -> dict:
+    """The environment of every server a test starts (see docs/operations.md)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LLM_", "OPENAI_", "DJANGO_SETTINGS"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "supportbot.settings",
+            "DATABASE_URL": database_url(database),
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": "test-only-insecure-secret-key-0123456789",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LLM_BASE_URL": llm_base_url,
+            "LLM_MODEL": "scripted-model",
+            "CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def log_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="supportbot-test-") as path:
+        yield Path(path)
