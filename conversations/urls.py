@@ -10,4 +10,5 @@ urlpatterns = [
         name="message-list",
     ),
     path("healthz", health.healthz, name="healthz"),
+    path("", views.demo_page, name="demo"),
 ]

@@ -129,3 +129,21 @@ def message_list(request: HttpRequest, conversation_id: str) -> HttpResponse:
         }
     )
     return _with_cors(response, request, site)
+
+
+def demo_page(request: HttpRequest) -> HttpResponse:
+    """The demo shop page, embedding the widget as a customer's site would."""
+    from django.shortcuts import render
+    from django.templatetags.static import static
+
+    from conversations.management.commands.ensure_demo import DEMO_SITE_NAME
+
+    site = Site.objects.filter(name=DEMO_SITE_NAME).first()
+    return render(
+        request,
+        "demo.html",
+        {
+            "site_key": site.public_key if site else "",
+            "widget_url": request.build_absolute_uri(static("supportbot/widget.js")),
+        },
+    )

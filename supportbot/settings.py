@@ -15,8 +15,13 @@ from supportbot.env import (
     env_str,
     env_url,
 )
+from supportbot.local.paths import read_state
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# URLs of the embedded services that a running `make run` started, so that
+# manage.py from this checkout reaches them; the environment always wins.
+_LOCAL = read_state()
 
 DEBUG = env_bool("DEBUG", False)
 
@@ -42,6 +47,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the widget and admin assets from the ASGI server itself, compressed
+    # and with far-future caching for hashed names.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -70,14 +78,20 @@ TEMPLATES = [
 
 # --- Data stores -------------------------------------------------------------
 
-DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/supportbot")
+DATABASE_URL = env_str(
+    "DATABASE_URL", _LOCAL.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/supportbot")
+)
 DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", "5")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
+REDIS_URL = env_url(
+    "REDIS_URL",
+    _LOCAL.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    schemes=("redis", "rediss", "unix"),
+)
 
 CHANNEL_LAYERS = {
     "default": {
@@ -112,11 +126,16 @@ REPLY_CONCURRENCY = env_int("REPLY_CONCURRENCY", 256, minimum=1, maximum=4096)
 # --- Model API -----------------------------------------------------------------
 
 LLM_API_KEY = env_str("LLM_API_KEY") or env_str("OPENAI_API_KEY")
-LLM_BASE_URL = env_url("LLM_BASE_URL", schemes=("http", "https"))
+LLM_BASE_URL = env_url(
+    "LLM_BASE_URL", "" if LLM_API_KEY else _LOCAL.get("LLM_BASE_URL", ""), schemes=("http", "https")
+)
 if not LLM_BASE_URL and LLM_API_KEY:
     LLM_BASE_URL = "https://api.openai.com/v1"
 LLM_BASE_URL = LLM_BASE_URL.rstrip("/")
-LLM_MODEL = env_str("LLM_MODEL", "gpt-4o-mini" if "api.openai.com" in LLM_BASE_URL else "local")
+LLM_MODEL = env_str(
+    "LLM_MODEL",
+    "gpt-4o-mini" if "api.openai.com" in LLM_BASE_URL else _LOCAL.get("LLM_MODEL", "local"),
+)
 LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 # The longest silence allowed between two chunks of a streamed reply.
 LLM_READ_TIMEOUT = env_float("LLM_READ_TIMEOUT", 30.0, minimum=0.1)
@@ -145,7 +164,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Only for deployments that run collectstatic; local runs serve from the finders.
+STATIC_ROOT = env_str("STATIC_ROOT") or None
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -165,3 +185,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# Serve static files straight from the app and static/ folders: no collectstatic step
+# for a local run, and the widget is always the checked-out version.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_MAX_AGE = 300

@@ -1,0 +1,39 @@
+"""Where local runs keep their data, and the file that tells other processes where
+the embedded services listen."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("SUPPORTBOT_VAR_DIR") or BASE_DIR / "var").resolve()
+
+
+def state_file() -> Path:
+    return var_dir() / "run" / "services.json"
+
+
+def read_state() -> dict[str, str]:
+    """URLs of the embedded services a running launcher published, or {}."""
+    try:
+        data = json.loads(state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_state(state: dict[str, str]) -> None:
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def clear_state() -> None:
+    state_file().unlink(missing_ok=True)
