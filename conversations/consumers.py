@@ -11,7 +11,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 
 from conversations import events, frames, ratelimit, selectors, services, stream_state, visitors
 from conversations.client_address import from_scope
@@ -204,6 +204,9 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         event = message["event"]
         kind = event.get("type")
         if kind == "delta":
+            # A reply replayed in final form already has all its text.
+            if event["message_id"] in self.final_in_snapshot:
+                return
             if event["index"] < self.next_delta.get(event["message_id"], 0):
                 return
         elif kind == "message" or kind == "status":
@@ -227,10 +230,17 @@ class VisitorConsumer(AsyncWebsocketConsumer):
 
 
 def _resume_rows(conversation_id: str, last_seq: int):
-    conversation = Conversation.objects.get(pk=conversation_id)
-    rows = selectors.events_after(conversation_id, last_seq)
-    seen = {row.pk for row in rows if isinstance(row, Message)}
-    # A reply still streaming is resent even if the client counted its seq, so a
-    # client that dropped mid-reply gets the text so far and the rest.
-    streaming = [m for m in selectors.streaming_messages(conversation_id) if m.pk not in seen]
+    with transaction.atomic():
+        # Every seq is taken under this row's lock (services._next_seq). Holding it
+        # makes the seq and the rows one snapshot: an event committed between two of
+        # these reads would otherwise be replayed with a seq above ready.last_seq and
+        # then delivered again by the group.
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        rows = selectors.events_after(conversation_id, last_seq)
+        seen = {row.pk for row in rows if isinstance(row, Message)}
+        # A reply still streaming is resent even if the client counted its seq, so a
+        # client that dropped mid-reply gets the text so far and the rest.
+        streaming = [
+            m for m in selectors.streaming_messages(conversation_id) if m.pk not in seen
+        ]
     return conversation, rows, streaming

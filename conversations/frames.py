@@ -31,7 +31,11 @@ class VisitorText:
 
 
 def parse(raw: str) -> dict[str, Any]:
-    if len(raw) > settings.WS_MAX_FRAME_BYTES:
+    # The limit is in bytes as sent (UTF-8); a character can take up to 4.
+    if (
+        len(raw) > settings.WS_MAX_FRAME_BYTES
+        or len(raw.encode("utf-8", "surrogatepass")) > settings.WS_MAX_FRAME_BYTES
+    ):
         raise FrameError("too_long", f"Frames are limited to {settings.WS_MAX_FRAME_BYTES} bytes.")
     try:
         frame = json.loads(raw)
@@ -49,7 +53,7 @@ def hello(frame: dict[str, Any]) -> Hello:
     last_seq = frame.get("last_seq", 0)
     if last_seq is None:
         last_seq = 0
-    if not isinstance(token, str) or not token:
+    if not isinstance(token, str) or not token or not _is_utf8_encodable(token):
         raise FrameError("bad_request", "hello needs a token.")
     if isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0:
         raise FrameError("bad_request", "last_seq must be a whole number, 0 or more.")
@@ -71,7 +75,11 @@ def visitor_text(frame: dict[str, Any]) -> VisitorText:
             "too_long", f"Messages are limited to {settings.MESSAGE_MAX_CHARS} characters."
         )
     if client_id is not None and (
-        not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID
+        not isinstance(client_id, str)
+        or not 0 < len(client_id) <= MAX_CLIENT_ID
+        # Stored and looked up in PostgreSQL, which takes neither.
+        or "\x00" in client_id
+        or not _is_utf8_encodable(client_id)
     ):
         raise FrameError(
             "bad_request", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters."

@@ -26,7 +26,7 @@ def _check_redis() -> None:
 def _check_worker() -> None:
     from supportbot.celery import app
 
-    if not app.control.ping(timeout=1.0):
+    if not app.control.ping(timeout=1.0, limit=1):
         raise RuntimeError("no Celery worker answered a ping within 1 s")
 
 

@@ -41,6 +41,8 @@ class RelayOutcome:
     text_so_far: str
     deltas: int
     elapsed: float
+    # Seconds to the first piece, kept for a reply that fails after it started to stream.
+    time_to_first_token: float | None = None
 
 
 def reply_generate(*, visitor_message_id: int) -> Message | None:
@@ -75,7 +77,7 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
 
 def _store(reply: Message, request: ChatRequest, outcome: RelayOutcome) -> Message:
     result = outcome.result
-    ttft = result.time_to_first_token if result else None
+    ttft = result.time_to_first_token if result else outcome.time_to_first_token
     ttft_ms = round(ttft * 1000) if ttft is not None else None
     total_ms = round(outcome.elapsed * 1000)
     if outcome.error is not None:
@@ -119,10 +121,17 @@ async def relay(request: ChatRequest, *, conversation_id: object, reply_id: int)
     window = settings.STREAM_COALESCE_MS / 1000
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     sent: list[str] = []
+    first_piece_after: float | None = None
+
+    def on_piece(piece: str) -> None:
+        nonlocal first_piece_after
+        if first_piece_after is None:
+            first_piece_after = time.monotonic() - started
+        queue.put_nowait(piece)
 
     async def produce() -> ChatResult:
         try:
-            return await llm_client().stream_chat(request, queue.put_nowait)
+            return await llm_client().stream_chat(request, on_piece)
         finally:
             queue.put_nowait(None)
 
@@ -158,13 +167,19 @@ async def relay(request: ChatRequest, *, conversation_id: object, reply_id: int)
             result = await producer
         return RelayOutcome(result, None, "".join(sent), index, time.monotonic() - started)
     except LLMError as error:
-        return RelayOutcome(None, error, "".join(sent), index, time.monotonic() - started)
+        return RelayOutcome(
+            None, error, "".join(sent), index, time.monotonic() - started, first_piece_after
+        )
     except TimeoutError:
         producer.cancel()
         error = LLMError("timeout", f"reply exceeded {settings.REPLY_TIME_LIMIT}s", permanent=False)
-        return RelayOutcome(None, error, "".join(sent), index, time.monotonic() - started)
+        return RelayOutcome(
+            None, error, "".join(sent), index, time.monotonic() - started, first_piece_after
+        )
     except Exception as exc:  # a broken broadcast must still end in a stored outcome
         producer.cancel()
         logger.exception("relay of reply %s broke", reply_id)
         error = LLMError("internal", f"{type(exc).__name__}: {exc}", permanent=False)
-        return RelayOutcome(None, error, "".join(sent), index, time.monotonic() - started)
+        return RelayOutcome(
+            None, error, "".join(sent), index, time.monotonic() - started, first_piece_after
+        )

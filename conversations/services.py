@@ -148,6 +148,8 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
             return None
         seq, status = _next_seq(question.conversation_id)
         if status != Conversation.Status.BOT:
+            # Handed off since the check above: give the seq back, or it is a gap.
+            transaction.set_rollback(True)
             return None
         reply = Message.objects.create(
             conversation_id=question.conversation_id,

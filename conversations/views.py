@@ -114,7 +114,8 @@ def message_list(request: HttpRequest, conversation_id: str) -> HttpResponse:
     if not site.allows_origin(request.headers.get("Origin")):
         return _error(403, "forbidden", "This origin may not read this conversation.")
     raw_after = request.GET.get("after_seq", "0")
-    if not raw_after.isdigit() or len(raw_after) > 18:
+    # isascii: str.isdigit() also accepts digits like "²" that int() rejects.
+    if not (raw_after.isascii() and raw_after.isdigit()) or len(raw_after) > 18:
         return _with_cors(
             _error(400, "bad_request", "after_seq must be a whole number, 0 or more."),
             request,

@@ -22,7 +22,8 @@ def site_key_of(token: object) -> str | None:
         return None
     try:
         value = signing.Signer(salt=_SALT).unsign(token)
-    except signing.BadSignature:
+    except (signing.BadSignature, UnicodeEncodeError):
+        # UnicodeEncodeError: a lone surrogate (JSON "\ud800"), never in a token we issue.
         return None
     site_key, _, _ = value.partition(":")
     return site_key or None

@@ -184,52 +184,14 @@ class Launcher:
 
     def _start_servers(self, env: dict[str, str], host: str, port: int) -> None:
         say(f"starting the web server on {host}:{port} and a Celery worker")
-        self.supervisor.add(
-            Child(
-                "web",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "supportbot.asgi:application",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--ws-max-size",
-                    str(1024 * 1024),
-                    "--lifespan",
-                    "off",
-                    "--no-access-log",
-                ],
-                env,
-                str(ROOT),
-            )  # fmt: skip
-        )
-        concurrency = env.get("REPLY_CONCURRENCY", "256")
-        self.supervisor.add(
-            Child(
-                "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "supportbot",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    "--concurrency",
-                    concurrency,
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--loglevel",
-                    "INFO",
-                ],
-                env,
-                str(ROOT),
-            )  # fmt: skip
-        )
+        web = [sys.executable, "-m", "uvicorn", "supportbot.asgi:application",
+               "--host", host, "--port", str(port), "--ws-max-size", str(1024 * 1024),
+               "--lifespan", "off", "--no-access-log"]  # fmt: skip
+        worker = [sys.executable, "-m", "celery", "-A", "supportbot", "worker",
+                  "--pool", "threads", "--concurrency", env.get("REPLY_CONCURRENCY", "256"),
+                  "--without-mingle", "--without-gossip", "--loglevel", "INFO"]  # fmt: skip
+        self.supervisor.add(Child("web", web, env, str(ROOT)))
+        self.supervisor.add(Child("worker", worker, env, str(ROOT), ready_marker=" ready."))
 
     def _wait_ready(self, host: str, port: int, timeout: float = 90) -> None:
         url = f"http://{_connect_host(host)}:{port}/healthz"
@@ -241,6 +203,8 @@ class Launcher:
                 return
             self.supervisor.poll()
             worker.ready.wait(0.2)
+        if not worker.ready.is_set():
+            raise LaunchError(f"the Celery worker did not start within {timeout:g}s (see above)")
         while not self.stop_requested and time.monotonic() < deadline:
             self.supervisor.poll()
             try:

