@@ -21,6 +21,8 @@ from conversations.serializers import message_dict, status_event
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
+# RFC 6455 "Try Again Later": the server could not complete the hello.
+CLOSE_TRY_AGAIN = 1013
 
 
 def _origin(scope: dict) -> str | None:
@@ -102,10 +104,24 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             if not self.ready:
                 await self.close(code=CLOSE_UNAUTHORIZED)
                 return
-            await self._error(error.code, error.detail)
-        except DatabaseError:
-            logger.exception("database error on conversation %s", self.conversation_id)
-            await self._error("unavailable", "The service is briefly unavailable; try again.")
+            await self._error(error.code, error.detail, **_client_id_of(frame_or_none(text_data)))
+        except Exception as exc:
+            # The database or Redis is down: say so and keep the socket; the client
+            # resends (same client_id), and nothing acknowledged is lost.
+            logger.error(
+                "conversation %s: %s while handling a frame",
+                self.conversation_id,
+                type(exc).__name__,
+                exc_info=not isinstance(exc, DatabaseError),
+            )
+            if not self.ready:
+                await self.close(code=CLOSE_TRY_AGAIN)
+                return
+            await self._error(
+                "unavailable",
+                "The service is briefly unavailable; try again.",
+                **_client_id_of(frame_or_none(text_data)),
+            )
 
     # --- Client frames ---------------------------------------------------------
 
@@ -115,7 +131,6 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         self.visitor_hash = conversation.visitor_hash
-        self.hello_deadline.cancel()
         # Join first, then read: an event published in between is both in the
         # snapshot and queued for us, and the filters below drop the second copy.
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -124,6 +139,7 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         )
         self.conversation = conversation
         self.ready = True
+        self.hello_deadline.cancel()
         self.snapshot_seq = conversation.seq
         await self._send(
             {
@@ -160,8 +176,36 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             self.conversation_id, client_id
         )
         if existing is not None:
-            await self._send({"type": "message", "message": message_dict(existing)})
-            return
+            # A resend (e.g. after a reconnect) is not a new message: no rate limit.
+            stored = await database_sync_to_async(services.message_resend)(message=existing)
+        else:
+            if not await self._within_rate_limits(client_id):
+                return
+            try:
+                stored = await database_sync_to_async(services.message_create_from_visitor)(
+                    conversation_id=self.conversation_id,
+                    text=visitor_text.text,
+                    client_id=client_id,
+                )
+            except services.ConversationClosed:
+                await self._error(
+                    "conversation_closed",
+                    "This conversation is closed; start a new one.",
+                    client_id=client_id,
+                )
+                return
+        if not stored.created:
+            await self._send({"type": "message", "message": message_dict(stored.message)})
+        if not stored.reply_queued:
+            await self._error(
+                "unavailable",
+                "Your message is saved, but the assistant cannot be reached right now; "
+                "send it again (same client_id) to retry.",
+                client_id=client_id,
+            )
+        # A new message's echo reaches this socket through the group, in seq order.
+
+    async def _within_rate_limits(self, client_id: str) -> bool:
         for scope, subject, limit in (
             ("msg-visitor", self.visitor_hash, settings.RATE_VISITOR_MESSAGES_PER_MINUTE),
             ("msg-address", self.address, settings.RATE_ADDRESS_MESSAGES_PER_MINUTE),
@@ -174,26 +218,18 @@ class VisitorConsumer(AsyncWebsocketConsumer):
                     retry_after=verdict.retry_after,
                     client_id=client_id,
                 )
-                return
+                return False
+        return True
+
+    async def _handoff(self, frame: dict[str, Any]) -> None:
         try:
-            stored = await database_sync_to_async(services.message_create_from_visitor)(
-                conversation_id=self.conversation_id, text=visitor_text.text, client_id=client_id
+            await database_sync_to_async(services.conversation_request_handoff)(
+                conversation_id=self.conversation_id, reason="visitor asked for a person"
             )
         except services.ConversationClosed:
             await self._error(
-                "conversation_closed",
-                "This conversation is closed; start a new one.",
-                client_id=client_id,
+                "conversation_closed", "This conversation is closed; start a new one."
             )
-            return
-        if not stored.created:
-            await self._send({"type": "message", "message": message_dict(stored.message)})
-        # A new message's echo reaches this socket through the group, in seq order.
-
-    async def _handoff(self, frame: dict[str, Any]) -> None:
-        await database_sync_to_async(services.conversation_request_handoff)(
-            conversation_id=self.conversation_id, reason="visitor asked for a person"
-        )
 
     async def _ping(self, frame: dict[str, Any]) -> None:
         await self._send({"type": "pong"})
@@ -229,6 +265,26 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         await self._send({"type": "error", "code": code, "detail": detail, **extra})
 
 
+def frame_or_none(raw: str) -> dict[str, Any] | None:
+    try:
+        return frames.parse(raw)
+    except frames.FrameError:
+        return None
+
+
+def _client_id_of(frame: dict[str, Any] | None) -> dict[str, str]:
+    """Echo a message frame's client_id in its error, so the client knows which one failed."""
+    if frame and frame.get("type") == "message":
+        client_id = frame.get("client_id")
+        if isinstance(client_id, str) and 0 < len(client_id) <= frames.MAX_CLIENT_ID:
+            try:
+                client_id.encode("utf-8")
+            except UnicodeEncodeError:
+                return {}
+            return {"client_id": client_id}
+    return {}
+
+
 def _resume_rows(conversation_id: str, last_seq: int):
     with transaction.atomic():
         # Every seq is taken under this row's lock (services._next_seq). Holding it
@@ -240,7 +296,5 @@ def _resume_rows(conversation_id: str, last_seq: int):
         seen = {row.pk for row in rows if isinstance(row, Message)}
         # A reply still streaming is resent even if the client counted its seq, so a
         # client that dropped mid-reply gets the text so far and the rest.
-        streaming = [
-            m for m in selectors.streaming_messages(conversation_id) if m.pk not in seen
-        ]
+        streaming = [m for m in selectors.streaming_messages(conversation_id) if m.pk not in seen]
     return conversation, rows, streaming

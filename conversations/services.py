@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from conversations import events, visitors
+from conversations import events, stream_state, visitors
 from conversations.models import Conversation, Message, Site, StatusChange, Ticket
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,9 @@ class ConversationClosed(Exception):
 class StoredMessage:
     message: Message
     created: bool  # False when the client_id had been stored before
+    # False when the bot should answer but the reply could not be queued (broker
+    # down); the client resends the same client_id to try again.
+    reply_queued: bool = True
 
 
 def conversation_create(*, site: Site, visitor_token: str | None) -> tuple[Conversation, str]:
@@ -52,10 +57,16 @@ def _next_seq(conversation_id: object) -> tuple[int, str]:
 def message_create_from_visitor(
     *, conversation_id: object, text: str, client_id: str
 ) -> StoredMessage:
-    """Store a visitor's message once per client_id and, if the bot answers, queue a reply."""
+    """Store a visitor's message once per client_id and, if the bot answers, queue a reply.
+
+    Runs its own transaction and queues the reply after it commits, so it must not
+    be called inside another transaction.
+    """
+    if connection.in_atomic_block:
+        raise RuntimeError("message_create_from_visitor needs to commit before queueing")
     existing = Message.objects.filter(conversation_id=conversation_id, client_id=client_id).first()
     if existing is not None:
-        return StoredMessage(existing, created=False)
+        return message_resend(message=existing)
     try:
         with transaction.atomic():
             seq, status = _next_seq(conversation_id)
@@ -69,10 +80,6 @@ def message_create_from_visitor(
                 client_id=client_id,
             )
             events.message_on_commit(message)
-            if status == Conversation.Status.BOT:
-                from conversations.tasks import generate_reply
-
-                generate_reply.delay_on_commit(message.pk)
     except IntegrityError:
         # The same client_id raced in from another socket; the first one won.
         existing = Message.objects.filter(
@@ -81,13 +88,44 @@ def message_create_from_visitor(
         if existing is None:
             raise
         return StoredMessage(existing, created=False)
-    return StoredMessage(message, created=True)
+    queued = _queue_reply(message.pk) if status == Conversation.Status.BOT else True
+    return StoredMessage(message, created=True, reply_queued=queued)
+
+
+def message_resend(*, message: Message) -> StoredMessage:
+    """A client_id sent again: the stored message, and a second chance for its reply
+    if queueing it failed the first time (the reply task is idempotent)."""
+    unanswered = (
+        not Message.objects.filter(reply_to=message).exists()
+        and Conversation.objects.filter(
+            pk=message.conversation_id, status=Conversation.Status.BOT
+        ).exists()
+    )
+    queued = _queue_reply(message.pk) if unanswered else True
+    return StoredMessage(message, created=False, reply_queued=queued)
+
+
+def _queue_reply(visitor_message_id: int) -> bool:
+    from conversations.tasks import generate_reply
+
+    try:
+        generate_reply.apply_async(
+            (visitor_message_id,),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception:
+        logger.exception("could not queue the reply to message %s", visitor_message_id)
+        return False
+    return True
 
 
 def conversation_request_handoff(*, conversation_id: object, reason: str) -> StatusChange | None:
     """Hand the conversation to a person; None if one already has it or it is closed."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        if conversation.status == Conversation.Status.CLOSED:
+            raise ConversationClosed
         if conversation.status != Conversation.Status.BOT:
             return None
         change = _status_change(conversation, Conversation.Status.WAITING, reason=reason)
@@ -140,8 +178,13 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
         )
         existing = Message.objects.filter(reply_to=question).first()
         if existing is not None:
-            if existing.status == Message.Status.STREAMING:
+            # A reply older than the hard time limit that is still streaming lost its
+            # worker (a live one would have ended it); a younger one is in progress
+            # in another task, which a duplicate of this task must leave alone.
+            lost_before = timezone.now() - timedelta(seconds=settings.REPLY_TIME_LIMIT + 30)
+            if existing.status == Message.Status.STREAMING and existing.created_at < lost_before:
                 logger.warning("reply %s was left streaming by a lost worker", existing.pk)
+                existing.text = stream_state.text_so_far(existing.pk)
                 _reply_close(existing, status=Message.Status.FAILED, error_code="worker_lost")
             return None
         if question.conversation.status != Conversation.Status.BOT:

@@ -3,7 +3,7 @@ mid-reply gets a snapshot and then only the deltas it has not seen."""
 
 from __future__ import annotations
 
-from conversations.redis_clients import async_redis
+from conversations.redis_clients import async_redis, sync_redis
 
 # Long enough to outlive any reply (REPLY_TIME_LIMIT) with a margin.
 _TTL_SECONDS = 3600
@@ -31,3 +31,12 @@ async def snapshot(message_id: int) -> tuple[str, int]:
 
 async def forget(message_id: int) -> None:
     await async_redis().delete(*_keys(message_id))
+
+
+def text_so_far(message_id: int) -> str:
+    """The streamed text of a reply, from sync code (empty if Redis lost it)."""
+    try:
+        raw = sync_redis().get(_keys(message_id)[0])
+    except Exception:  # the reply is failed either way; its text is a courtesy
+        return ""
+    return (raw or b"").decode(errors="replace")
