@@ -76,8 +76,8 @@ def _single_instance(run_dir: Path) -> Path:
     return pid_file
 
 
-def _secret_key(var: Path) -> str:
-    path = var / "secret_key"
+def _secret_key() -> str:
+    path = paths.secret_key_file()
     if not path.exists():
         path.write_text(secrets.token_urlsafe(50))
         path.chmod(0o600)
@@ -131,7 +131,7 @@ class Launcher:
 
     def _environment(self, host: str, port: int) -> dict[str, str]:
         env = dict(os.environ)
-        env.setdefault("SECRET_KEY", _secret_key(self.var))
+        env.setdefault("SECRET_KEY", _secret_key())
         env.setdefault("DEBUG", "0")
         hosts = {"127.0.0.1", "localhost", host}
         env.setdefault("ALLOWED_HOSTS", ",".join(sorted(hosts)))

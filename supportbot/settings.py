@@ -15,7 +15,7 @@ from supportbot.env import (
     env_str,
     env_url,
 )
-from supportbot.local.paths import read_state
+from supportbot.local.paths import read_local_secret_key, read_state
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,8 @@ _LOCAL = read_state()
 
 DEBUG = env_bool("DEBUG", False)
 
-SECRET_KEY = env_str("SECRET_KEY")
+# `make run` keeps a generated key under var/ so manage.py from the checkout shares it.
+SECRET_KEY = env_str("SECRET_KEY") or read_local_secret_key()
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")

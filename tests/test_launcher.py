@@ -186,6 +186,21 @@ def test_it_runs_offline_survives_a_crash_and_stops_every_process(tmp_path, var_
         assert stored.status_code == 200
         texts = [m["text"] for m in stored.json()["messages"]]
         assert texts == ["Hello! What can you help me with?", text]
+        # manage.py from the checkout finds the same embedded services under var/.
+        count = "from conversations.models import Message as M;print('messages:',M.objects.count())"
+        counted = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", count],
+            cwd=ROOT, env=_clean_env(var_dir, port), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "messages: 2" in counted.stdout, counted.stdout + counted.stderr
+
+        # A worker that dies is logged with its exit status and restarted.
+        worker = next(pid for pid in second.descendants() if "celery" in process.cmdline(pid))
+        os.kill(worker, signal.SIGKILL)
+        second.wait_for(f"worker (pid {worker}) exited with status -9 (killed by SIGKILL)", 30)
+        second.wait_for("restarting worker", 30)
+        _chat_once(base, site_key)
+
         running = second.descendants()
         second.process.send_signal(signal.SIGINT)
         assert second.wait_exit(60) == 0

@@ -37,3 +37,14 @@ def write_state(state: dict[str, str]) -> None:
 
 def clear_state() -> None:
     state_file().unlink(missing_ok=True)
+
+
+def secret_key_file() -> Path:
+    return var_dir() / "secret_key"
+
+
+def read_local_secret_key() -> str:
+    try:
+        return secret_key_file().read_text().strip()
+    except OSError:
+        return ""
