@@ -5,10 +5,6 @@ from __future__ import annotations
 from conversations import visitors
 from conversations.models import Conversation, Message, Site, StatusChange
 
-# A resuming client gets at most this many events at once; older ones stay
-# available through GET /messages.
-MAX_RESUME_EVENTS = 500
-
 
 def site_by_key(site_key: object) -> Site | None:
     if not isinstance(site_key, str) or not 0 < len(site_key) <= 64:
@@ -50,13 +46,15 @@ def messages_after(conversation_id: object, after_seq: int) -> list[Message]:
 
 def events_after(conversation_id: object, after_seq: int) -> list[Message | StatusChange]:
     """Messages and status changes with seq > after_seq, in seq order."""
-    messages = messages_after(conversation_id, after_seq)[-MAX_RESUME_EVENTS:]
+    # Every one, as the protocol promises; a conversation's length is bounded by
+    # the visitors' rate limits.
+    messages = messages_after(conversation_id, after_seq)
     changes = list(
         StatusChange.objects.filter(conversation_id=conversation_id, seq__gt=after_seq).order_by(
             "seq"
-        )[:MAX_RESUME_EVENTS]
+        )
     )
-    return sorted([*messages, *changes], key=lambda row: row.seq)[-MAX_RESUME_EVENTS:]
+    return sorted([*messages, *changes], key=lambda row: row.seq)
 
 
 def last_seq(conversation_id: object) -> int:

@@ -25,9 +25,17 @@ def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
     return response
 
 
-def _with_cors(response: HttpResponse, request: HttpRequest, site: Site | None) -> HttpResponse:
-    """Allow the widget's origin to read the response, for that site's origins only."""
+def _with_cors(
+    response: HttpResponse, request: HttpRequest, site: Site | None = None
+) -> HttpResponse:
+    """Allow the widget's origin to read the response, for that site's origins only.
+
+    Without a known site (a preflight, or an error before the site is known) any
+    site that lists the origin will do, so a browser can read the error.
+    """
     origin = request.headers.get("Origin")
+    if origin and site is None:
+        site = selectors.site_allowing_origin(origin)
     if origin and site is not None and site.allows_origin(origin):
         response["Access-Control-Allow-Origin"] = origin
         response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
@@ -58,10 +66,13 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
         return _with_cors(response, request, site)
     body = _json_body(request)
     if body is None:
-        return _error(400, "bad_request", "The body must be a JSON object under 16 KiB.")
+        error = _error(400, "bad_request", "The body must be a JSON object under 16 KiB.")
+        return _with_cors(error, request)
+    if not isinstance(body.get("site_key"), str):
+        return _with_cors(_error(400, "bad_request", "site_key must be a string."), request)
     site = selectors.site_by_key(body.get("site_key"))
     if site is None:
-        return _error(403, "forbidden", "Unknown site key.")
+        return _with_cors(_error(403, "forbidden", "Unknown site key."), request)
     origin = request.headers.get("Origin")
     if not site.allows_origin(origin):
         return _error(403, "forbidden", "This origin may not use this site key.")
@@ -106,10 +117,11 @@ def message_list(request: HttpRequest, conversation_id: str) -> HttpResponse:
     scheme, _, token = auth.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or visitors.site_key_of(token) is None:
-        return _error(401, "unauthorized", "Send Authorization: Bearer <visitor_token>.")
+        error = _error(401, "unauthorized", "Send Authorization: Bearer <visitor_token>.")
+        return _with_cors(error, request)
     conversation = selectors.conversation_for_visitor(conversation_id, token)
     if conversation is None:
-        return _error(404, "not_found", "No such conversation.")
+        return _with_cors(_error(404, "not_found", "No such conversation."), request)
     site = conversation.site
     if not site.allows_origin(request.headers.get("Origin")):
         return _error(403, "forbidden", "This origin may not read this conversation.")

@@ -155,10 +155,26 @@ def test_it_answers_403_to_a_site_key_it_does_not_know(stack, site):
 
     assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(keys, 403)
     assert {r.json()["error"]["code"] for r in answers.values()} == {"forbidden"}
-    # A site key that is not a string at all names no site either (a bad body would do too).
+    # A site key that is not a string at all is a bad body.
     for body in ({"site_key": 7}, {"site_key": None}, {}):
-        assert create_conversation(stack.http_url, body).status_code in (400, 403)
+        response = create_conversation(stack.http_url, body)
+        assert response.status_code == 400, body
+        assert response.json()["error"]["code"] == "bad_request"
     assert not Conversation.objects.exists()
+
+
+def test_a_browser_on_an_allowed_origin_can_read_the_errors(stack, site):
+    unknown_key = create_conversation(stack.http_url, {"site_key": "site_unknown"}, origin=ORIGIN)
+    bad_body = httpx.post(
+        f"{stack.http_url}/api/v1/conversations", content=b"[", headers={"Origin": ORIGIN}
+    )
+    no_token = httpx.get(
+        f"{stack.http_url}/api/v1/conversations/{uuid.uuid4()}/messages",
+        headers={"Origin": ORIGIN},
+    )
+    for response, status in ((unknown_key, 403), (bad_body, 400), (no_token, 401)):
+        assert response.status_code == status
+        assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
 def test_it_refuses_a_foreign_origin_with_403_and_no_cors_headers(stack, site):
