@@ -15,6 +15,7 @@ class SiteAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "public_key", "allowed_origins", "created_at"]}),
         ("Assistant", {"fields": ["system_prompt", "model", "temperature", "max_tokens"]}),
+        ("Widget", {"fields": ["widget_title", "widget_colour", "widget_greeting"]}),
     ]
 
 

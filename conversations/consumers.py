@@ -137,6 +137,14 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         conversation, rows, streaming = await database_sync_to_async(_resume_rows)(
             self.conversation_id, hello.last_seq
         )
+        # Everything the replay needs is read before the socket counts as ready, so
+        # a failure here closes it with "try again" instead of a partial replay.
+        replay: list[dict[str, Any]] = []
+        for row in [*rows, *streaming]:
+            if isinstance(row, Message):
+                replay.append({"type": "message", "message": await self._resumed(row)})
+            else:
+                replay.append(status_event(row))
         self.conversation = conversation
         self.ready = True
         self.hello_deadline.cancel()
@@ -148,13 +156,8 @@ class VisitorConsumer(AsyncWebsocketConsumer):
                 "last_seq": conversation.seq,
             }
         )
-        for row in rows:
-            if isinstance(row, Message):
-                await self._send({"type": "message", "message": await self._resumed(row)})
-            else:
-                await self._send(status_event(row))
-        for message in streaming:
-            await self._send({"type": "message", "message": await self._resumed(message)})
+        for event in replay:
+            await self._send(event)
 
     async def _resumed(self, message: Message) -> dict[str, Any]:
         if message.status != Message.Status.STREAMING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 
@@ -14,6 +15,12 @@ from django.db.models import Q
 
 def new_site_key() -> str:
     return "site_" + secrets.token_urlsafe(18)
+
+
+def validate_colour(value: str) -> None:
+    # Only #rgb / #rrggbb: the value is written into the widget's CSS.
+    if not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", value or ""):
+        raise ValidationError("Use a hex colour like #1f4e79")
 
 
 def validate_origins(value: object) -> None:
@@ -47,10 +54,22 @@ class Site(models.Model):
     max_tokens = models.PositiveIntegerField(
         default=512, validators=[MinValueValidator(1), MaxValueValidator(32_000)]
     )
+    widget_title = models.CharField(max_length=60, default="Support")
+    widget_colour = models.CharField(max_length=7, default="#1f4e79", validators=[validate_colour])
+    widget_greeting = models.CharField(
+        max_length=300, default="Hi! Ask us anything. A person can take over at any time."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        # Stored without a trailing slash, so every lookup can match exactly.
+        self.allowed_origins = [
+            origin.strip().rstrip("/") for origin in self.allowed_origins if origin.strip()
+        ]
+        super().save(*args, **kwargs)
 
     def allows_origin(self, origin: str | None) -> bool:
         if origin is None:

@@ -9,6 +9,7 @@ urlpatterns = [
         views.message_list,
         name="message-list",
     ),
+    path("api/v1/sites/<str:site_key>/widget", views.widget_config, name="widget-config"),
     path("healthz", health.healthz, name="healthz"),
     path("", views.demo_page, name="demo"),
 ]

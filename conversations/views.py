@@ -144,6 +144,28 @@ def message_list(request: HttpRequest, conversation_id: str) -> HttpResponse:
     return _with_cors(response, request, site)
 
 
+@csrf_exempt
+@require_http_methods(["GET", "OPTIONS"])
+def widget_config(request: HttpRequest, site_key: str) -> HttpResponse:
+    """The public look of a site's widget: title, colour and greeting."""
+    site = selectors.site_by_key(site_key)
+    if request.method == "OPTIONS":
+        return _with_cors(HttpResponse(status=204), request, site)
+    if site is None:
+        return _with_cors(_error(404, "not_found", "Unknown site key."), request)
+    if not site.allows_origin(request.headers.get("Origin")):
+        return _error(403, "forbidden", "This origin may not use this site key.")
+    response = JsonResponse(
+        {
+            "title": site.widget_title,
+            "colour": site.widget_colour,
+            "greeting": site.widget_greeting,
+        }
+    )
+    response["Cache-Control"] = "max-age=60"
+    return _with_cors(response, request, site)
+
+
 def demo_page(request: HttpRequest) -> HttpResponse:
     """The demo shop page, embedding the widget as a customer's site would."""
     from django.shortcuts import render

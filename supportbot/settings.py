@@ -118,7 +118,10 @@ REPLY_TIME_LIMIT = env_int("REPLY_TIME_LIMIT", 300, minimum=10)
 CELERY_TASK_TIME_LIMIT = REPLY_TIME_LIMIT + 30
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A task whose worker died is redelivered after this many seconds.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", REPLY_TIME_LIMIT + 60, minimum=30),
+    # Never shorter than a reply may take: a redelivery must find the reply ended.
+    "visibility_timeout": env_int(
+        "CELERY_VISIBILITY_TIMEOUT", REPLY_TIME_LIMIT + 60, minimum=REPLY_TIME_LIMIT + 31
+    ),
 }
 # Replies run as threads that wait on one shared event loop, so one worker process
 # streams this many replies at once (see docs/operations.md).
