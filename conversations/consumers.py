@@ -8,7 +8,7 @@ import logging
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.db import database_sync_to_async as _channels_database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -23,6 +23,17 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 # RFC 6455 "Try Again Later": the server could not complete the hello.
 CLOSE_TRY_AGAIN = 1013
+
+
+def database_sync_to_async(func):
+    """Channels' database_sync_to_async, on the loop's small thread pool.
+
+    The default (thread_sensitive) runs every consumer's ORM call of the process on
+    one shared thread, so a burst of visitor messages queues there one by one
+    (seconds at a few hundred at once). Each call is self-contained (its own
+    connection, closed after it), so it can run on any thread.
+    """
+    return _channels_database_sync_to_async(func, thread_sensitive=False)
 
 
 def _origin(scope: dict) -> str | None:
@@ -64,6 +75,16 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         self.hello_deadline = asyncio.get_running_loop().call_later(
             settings.WS_HELLO_TIMEOUT, lambda: asyncio.ensure_future(self._hello_timed_out())
         )
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections on its one shared sync thread before
+        # every handler; for group events (every streamed delta) that is a thread hop
+        # queued behind other work, which delayed deltas by seconds under load. The
+        # group handler touches no database, so it skips that step.
+        if message["type"] == events.HANDLER:
+            await self.conversation_event(message)
+            return
+        await super().dispatch(message)
 
     async def _hello_timed_out(self) -> None:
         if not self.ready:

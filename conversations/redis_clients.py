@@ -32,6 +32,12 @@ def async_redis() -> redis.asyncio.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, **_OPTIONS)
+        # Blocking: a burst (hundreds of replies sending their first delta at once)
+        # waits for a free connection instead of failing with MaxConnectionsError
+        # (redis-py's default pool raises past 100 connections).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=64, timeout=10, **_OPTIONS
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client

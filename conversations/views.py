@@ -18,8 +18,14 @@ from conversations.serializers import conversation_dict, message_dict
 MAX_BODY_BYTES = 16 * 1024
 
 
-def _error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
-    response = JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+def _error(
+    status: int, code: str, detail: str, *, retry_after: int | None = None, **headers: str
+) -> JsonResponse:
+    error: dict[str, Any] = {"code": code, "detail": detail}
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+        headers["Retry-After"] = str(retry_after)
+    response = JsonResponse({"error": error}, status=status)
     for name, value in headers.items():
         response[name] = value
     return response
@@ -41,6 +47,7 @@ def _with_cors(
         response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response["Access-Control-Max-Age"] = "600"
+        response["Access-Control-Expose-Headers"] = "Retry-After"
         response["Vary"] = "Origin"
     return response
 
@@ -92,7 +99,7 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
             429,
             "rate_limited",
             "Too many conversations from this address; try again later.",
-            **{"Retry-After": str(verdict.retry_after)},
+            retry_after=verdict.retry_after,
         )
         return _with_cors(response, request, site)
     conversation, visitor_token = services.conversation_create(site=site, visitor_token=token)

@@ -253,6 +253,9 @@ def test_it_limits_conversations_per_address_with_429_and_retry_after(stack, sit
     retry_after = limited.headers["Retry-After"]
     assert retry_after.isdigit() and 0 < int(retry_after) <= 3600
     assert limited.headers["Access-Control-Allow-Origin"] == ORIGIN
+    # A browser may read the header cross-origin, and the body says it too.
+    assert "Retry-After" in limited.headers["Access-Control-Expose-Headers"]
+    assert limited.json()["error"]["retry_after"] == int(retry_after)
     assert Conversation.objects.count() == 3
 
 
