@@ -86,6 +86,19 @@ DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", "5")
+# A connection pool per process (psycopg_pool): ORM calls borrow a connection instead
+# of opening one each time, and a burst of concurrent replies in a Celery worker waits
+# for a free connection instead of exceeding PostgreSQL's max_connections. 0 turns
+# it off (then DB_CONN_MAX_AGE applies; Django cannot pool persistent connections).
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 20, minimum=0, maximum=1000)
+if DB_POOL_MAX_SIZE:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("Set DB_CONN_MAX_AGE to 0 or DB_POOL_MAX_SIZE to 0, not both")
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": min(2, DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env_float("DB_POOL_TIMEOUT", 30.0, minimum=1),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url(
@@ -194,3 +207,6 @@ LOGGING = {
 # for a local run, and the widget is always the checked-out version.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_MAX_AGE = 300
+# Re-read files on each request while developing, so an edited widget.js is served
+# whole (otherwise the length recorded at start-up no longer matches the file).
+WHITENOISE_AUTOREFRESH = DEBUG

@@ -28,6 +28,10 @@ TEST_SERVER_SETTINGS = {
 }
 
 
+# What the model says when a test does not queue a script of its own.
+DEFAULT_SCRIPT = Script(reply_words=12, token_interval=0.005)
+
+
 @dataclass
 class LiveStack:
     http_url: str
@@ -46,7 +50,7 @@ class LiveStack:
 
 @pytest.fixture(scope="session")
 def llm_server():
-    server = ScriptedLLMServer(default=Script(reply_words=12, token_interval=0.005))
+    server = ScriptedLLMServer(default=DEFAULT_SCRIPT)
     server.start()
     yield server
     server.stop()
@@ -55,6 +59,7 @@ def llm_server():
 @pytest.fixture
 def llm(llm_server):
     llm_server.clear()
+    llm_server.default = DEFAULT_SCRIPT
     return llm_server
 
 

@@ -70,10 +70,12 @@
   };
 
   // Markdown, built as DOM nodes and text only (never HTML strings)
+  // Absolute http(s)/mailto only: a relative link would resolve against the host
+  // page and let a model point at the customer's own pages.
   const safeUrl = (href) => {
-    if (!href) return null;
+    if (!href || !/^(https?:\/\/|mailto:)/i.test(href)) return null;
     try {
-      const u = new URL(href, location.href);
+      const u = new URL(href);
       return /^(https?|mailto):$/.test(u.protocol) ? u.href : null;
     } catch { return null; }
   };
