@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -210,3 +211,8 @@ WHITENOISE_MAX_AGE = 300
 # Re-read files on each request while developing, so an edited widget.js is served
 # whole (otherwise the length recorded at start-up no longer matches the file).
 WHITENOISE_AUTOREFRESH = DEBUG
+# WhiteNoise hands Django a file iterator that Django's ASGI handler reads in a
+# thread; that is fine for files this small, so the per-request warning is noise.
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)
