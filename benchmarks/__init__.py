@@ -1,0 +1,1 @@
+"""Load and latency harnesses that measure the product against a baseline in one run."""
