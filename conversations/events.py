@@ -7,6 +7,7 @@ rows: they are sent at once from the reply's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -32,20 +33,66 @@ async def asend(conversation_id: object, event: dict[str, Any]) -> None:
     )
 
 
-def _send_now(conversation_id: object, events: list[dict[str, Any]]) -> None:
-    async def send_all() -> None:
-        for event in events:
-            await asend(conversation_id, event)
+class _Outbox:
+    """Events of committed rows, sent in order by one task on the process's loop.
 
-    try:
-        background_loop.run(send_all(), timeout=10)
-    except Exception:
-        # The rows are committed; a client that missed this heals on its next hello.
-        logger.exception("broadcast to conversation %s failed", conversation_id)
+    Committing code only queues (it never waits on Redis while it holds a database
+    connection); FIFO order keeps a conversation's events in the order their rows
+    were committed in this process.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue | None = None
+        self.queue_loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None  # held so it is not garbage-collected
+
+    async def _drain(self, queue: asyncio.Queue) -> None:
+        while True:
+            conversation_id, batch, done = await queue.get()
+            for event in batch:
+                try:
+                    await asend(conversation_id, event)
+                except Exception:
+                    # The rows are committed; a client that missed this heals on its
+                    # next hello (or from `done`, which carries the stored text).
+                    logger.exception("broadcast to conversation %s failed", conversation_id)
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    def put(self, conversation_id: object, batch: list[dict[str, Any]]) -> None:
+        background_loop.get_loop().call_soon_threadsafe(
+            self._put_now, (conversation_id, batch, None)
+        )
+
+    def _put_now(self, item: tuple) -> None:
+        # Always runs on the loop's thread, so creating the queue here cannot race.
+        loop = asyncio.get_running_loop()
+        if self.queue is None or self.queue_loop is not loop:
+            self.queue, self.queue_loop = asyncio.Queue(), loop
+            self.task = loop.create_task(self._drain(self.queue))
+        self.queue.put_nowait(item)
+
+    async def flushed(self) -> None:
+        """On the loop: wait until everything queued so far has been sent."""
+        done = asyncio.get_running_loop().create_future()
+        self._put_now((None, [], done))
+        await done
+
+    def wait_sent(self, timeout: float) -> None:
+        """From a thread: wait until everything queued so far has been sent."""
+        try:
+            background_loop.run(self.flushed(), timeout=timeout)
+        except Exception:
+            logger.warning("broadcasts still pending after %ss", timeout)
+
+
+_outbox = _Outbox()
+flushed = _outbox.flushed
+wait_sent = _outbox.wait_sent
 
 
 def send_on_commit(conversation_id: object, *events: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: _send_now(conversation_id, list(events)))
+    transaction.on_commit(lambda: _outbox.put(conversation_id, list(events)))
 
 
 def message_on_commit(message: Message) -> None:

@@ -72,7 +72,12 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
         timeout=settings.REPLY_TIME_LIMIT + 5,
     )
     close_old_connections()
-    return _store(reply, request, outcome)
+    stored = _store(reply, request, outcome)
+    # Give the connection back before waiting for `done` to go out; the task ends
+    # (and is acknowledged) only once it has.
+    connection.close()
+    events.wait_sent(timeout=10)
+    return stored
 
 
 def _store(reply: Message, request: ChatRequest, outcome: RelayOutcome) -> Message:
@@ -136,6 +141,9 @@ async def relay(request: ChatRequest, *, conversation_id: object, reply_id: int)
             queue.put_nowait(None)
 
     producer = asyncio.create_task(produce())
+    # The reply's start (`message`, streaming) was queued on commit; it must reach
+    # clients before the first delta.
+    start_sent = asyncio.ensure_future(events.flushed())
     index = 0
     pending: list[str] = []
     deadline = 0.0
@@ -159,6 +167,8 @@ async def relay(request: ChatRequest, *, conversation_id: object, reply_id: int)
                     if index > 0 and len(pending) == 1:
                         deadline = time.monotonic() + window
                 if pending and (finished or index == 0 or time.monotonic() >= deadline):
+                    if index == 0:
+                        await start_sent
                     text = "".join(pending)
                     pending.clear()
                     await events.send_delta(conversation_id, reply_id, index, text)
