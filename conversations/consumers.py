@@ -17,6 +17,7 @@ from conversations import events, frames, ratelimit, selectors, services, stream
 from conversations.client_address import from_scope
 from conversations.models import Conversation, Message
 from conversations.serializers import message_dict, status_event
+from conversations.text import storable
 
 logger = logging.getLogger(__name__)
 
@@ -300,11 +301,11 @@ def _client_id_of(frame: dict[str, Any] | None) -> dict[str, str]:
     """Echo a message frame's client_id in its error, so the client knows which one failed."""
     if frame and frame.get("type") == "message":
         client_id = frame.get("client_id")
-        if isinstance(client_id, str) and 0 < len(client_id) <= frames.MAX_CLIENT_ID:
-            try:
-                client_id.encode("utf-8")
-            except UnicodeEncodeError:
-                return {}
+        if (
+            isinstance(client_id, str)
+            and 0 < len(client_id) <= frames.MAX_CLIENT_ID
+            and storable(client_id)
+        ):
             return {"client_id": client_id}
     return {}
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
+from conversations.text import storable
+
 MAX_CLIENT_ID = 100
 
 
@@ -53,7 +55,7 @@ def hello(frame: dict[str, Any]) -> Hello:
     last_seq = frame.get("last_seq", 0)
     if last_seq is None:
         last_seq = 0
-    if not isinstance(token, str) or not token or not _is_utf8_encodable(token):
+    if not isinstance(token, str) or not token or not storable(token):
         raise FrameError("bad_request", "hello needs a token.")
     if isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0:
         raise FrameError("bad_request", "last_seq must be a whole number, 0 or more.")
@@ -66,7 +68,7 @@ def visitor_text(frame: dict[str, Any]) -> VisitorText:
     if not isinstance(text, str):
         raise FrameError("bad_request", "A message needs a string text.")
     text = text.strip()
-    if "\x00" in text or not _is_utf8_encodable(text):
+    if not storable(text):
         raise FrameError("bad_request", "The text contains characters that cannot be stored.")
     if not text:
         raise FrameError("bad_request", "The message is empty.")
@@ -77,20 +79,9 @@ def visitor_text(frame: dict[str, Any]) -> VisitorText:
     if client_id is not None and (
         not isinstance(client_id, str)
         or not 0 < len(client_id) <= MAX_CLIENT_ID
-        # Stored and looked up in PostgreSQL, which takes neither.
-        or "\x00" in client_id
-        or not _is_utf8_encodable(client_id)
+        or not storable(client_id)
     ):
         raise FrameError(
             "bad_request", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters."
         )
     return VisitorText(text=text, client_id=client_id)
-
-
-def _is_utf8_encodable(text: str) -> bool:
-    # JSON can carry lone surrogates ("\\ud800") that no UTF-8 database accepts.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

