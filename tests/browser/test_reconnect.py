@@ -81,3 +81,53 @@ def test_a_reload_mid_reply_resumes_the_stream_once(page, stack, demo_site, llm)
         ("visitor", "complete"),
         ("assistant", "complete"),
     ], widget.snapshot()
+
+
+def test_a_message_typed_while_the_server_is_down_is_sent_once_when_it_returns(
+    page, stack, demo_site, llm
+):
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    demo_site.allowed_origins = [*demo_site.allowed_origins, origin]
+    demo_site.save(update_fields=["allowed_origins"])
+    llm.enqueue(Script(tokens=["First", " answer"]))
+    llm.enqueue(Script(tokens=["Sent", " once"]), match="while you were away")
+
+    servers = [AsgiServer(stack.env, stack.log_dir, port=port)]
+    try:
+        page.goto(origin + "/")
+        widget = Widget(page)
+        widget.open()
+        widget.send("Hello there")
+        widget.wait_reply_complete(1)
+        servers[0].kill()
+        servers[0].stop()
+        expect(widget.panel).not_to_have_attribute("data-connection", "online", timeout=10_000)
+
+        widget.send("Did you get this while you were away?")
+        offline = widget.last("visitor")
+        expect(offline).not_to_have_attribute("data-status", "complete")
+        page.wait_for_timeout(1500)  # a few reconnect attempts fail meanwhile
+        servers.append(AsgiServer(stack.env, stack.log_dir, port=port))
+
+        expect(widget.panel).to_have_attribute("data-connection", "online", timeout=30_000)
+        expect(offline).to_have_attribute("data-status", "complete", timeout=30_000)
+        widget.wait_reply_complete(2, timeout=30_000)
+        page.wait_for_timeout(500)  # a duplicate would show by now
+        stored = list(
+            Message.objects.filter(role=Message.Role.VISITOR).values_list("text", "client_id")
+        )
+        assert [text for text, _ in stored] == [
+            "Hello there",
+            "Did you get this while you were away?",
+        ]
+        assert offline.get_attribute("data-client-id") == stored[1][1]
+        assert [(b["role"], b["text"]) for b in widget.snapshot()] == [
+            ("visitor", "Hello there"),
+            ("assistant", "First answer"),
+            ("visitor", "Did you get this while you were away?"),
+            ("assistant", "Sent once"),
+        ], widget.snapshot()
+    finally:
+        for server in servers:
+            server.stop()
