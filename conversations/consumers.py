@@ -47,6 +47,7 @@ def _origin(scope: dict) -> str | None:
 class VisitorConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
     ready = False
+    joined = False
 
     async def connect(self) -> None:
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -95,7 +96,9 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         deadline = getattr(self, "hello_deadline", None)
         if deadline is not None:
             deadline.cancel()
-        if self.ready:
+        # Also after a hello that failed half-way: the layer keeps a subscription
+        # for every channel it was told about until it is told to drop it.
+        if self.joined:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -156,6 +159,7 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         # Join first, then read: an event published in between is both in the
         # snapshot and queued for us, and the filters below drop the second copy.
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = True
         conversation, rows, streaming = await database_sync_to_async(_resume_rows)(
             self.conversation_id, hello.last_seq
         )
@@ -201,7 +205,10 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             self.conversation_id, client_id
         )
         if existing is not None:
-            # A resend (e.g. after a reconnect) is not a new message: no rate limit.
+            # A resend (e.g. after a reconnect) is not a new message: a looser limit
+            # of its own, since each one may queue the reply again.
+            if not await self._within_rate_limits(client_id, resend=True):
+                return
             stored = await database_sync_to_async(services.message_resend)(message=existing)
         else:
             if not await self._within_rate_limits(client_id):
@@ -230,23 +237,32 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             )
         # A new message's echo reaches this socket through the group, in seq order.
 
-    async def _within_rate_limits(self, client_id: str) -> bool:
-        for scope, subject, limit in (
-            ("msg-visitor", self.visitor_hash, settings.RATE_VISITOR_MESSAGES_PER_MINUTE),
-            ("msg-address", self.address, settings.RATE_ADDRESS_MESSAGES_PER_MINUTE),
-        ):
+    async def _within_rate_limits(self, client_id: str | None, *, resend: bool = False) -> bool:
+        if resend:
+            # Resends and handoffs: generous for a client healing after a reconnect,
+            # bounded for one that loops.
+            buckets = [("resend", self.visitor_hash, 3 * settings.RATE_VISITOR_MESSAGES_PER_MINUTE)]
+        else:
+            buckets = [
+                ("msg-visitor", self.visitor_hash, settings.RATE_VISITOR_MESSAGES_PER_MINUTE),
+                ("msg-address", self.address, settings.RATE_ADDRESS_MESSAGES_PER_MINUTE),
+            ]
+        extra = {"client_id": client_id} if client_id else {}
+        for scope, subject, limit in buckets:
             verdict = await ratelimit.ahit(scope, subject, limit=limit, window=60)
             if not verdict.allowed:
                 await self._error(
                     "rate_limited",
                     "You are sending messages too quickly; wait a moment.",
                     retry_after=verdict.retry_after,
-                    client_id=client_id,
+                    **extra,
                 )
                 return False
         return True
 
     async def _handoff(self, frame: dict[str, Any]) -> None:
+        if not await self._within_rate_limits(None, resend=True):
+            return
         try:
             await database_sync_to_async(services.conversation_request_handoff)(
                 conversation_id=self.conversation_id, reason="visitor asked for a person"

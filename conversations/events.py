@@ -51,7 +51,8 @@ class _Outbox:
             conversation_id, batch, done = await queue.get()
             for event in batch:
                 try:
-                    await asend(conversation_id, event)
+                    async with asyncio.timeout(5):
+                        await asend(conversation_id, event)
                 except Exception:
                     # The rows are committed; a client that missed this heals on its
                     # next hello (or from `done`, which carries the stored text).

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 
 from conversations import background_loop, events, selectors, services, stream_state, tokens
 from conversations.llm import ChatRequest, ChatResult, LLMClient, LLMError
@@ -46,38 +46,72 @@ class RelayOutcome:
 
 
 def reply_generate(*, visitor_message_id: int) -> Message | None:
-    """Answer one visitor message, exactly once."""
+    """Answer one visitor message, exactly once.
+
+    Once the streaming reply row exists, every path ends with it complete or
+    failed: a reply left `streaming` would keep the visitor waiting forever.
+    """
     question = Message.objects.select_related("conversation__site").get(pk=visitor_message_id)
     site = question.conversation.site
     model = site.model or settings.LLM_MODEL
     reply = services.reply_start(visitor_message_id=visitor_message_id, model=model)
     if reply is None:
         return None
-    history = selectors.prompt_history(question.conversation_id, question.seq)
-    request = ChatRequest(
-        model=model,
-        messages=build_messages(
-            system_prompt=site.system_prompt,
-            history=history,
-            budget=settings.LLM_CONTEXT_TOKENS,
+    started = time.monotonic()
+    try:
+        history = selectors.prompt_history(question.conversation_id, question.seq)
+        request = ChatRequest(
             model=model,
-        ),
-        temperature=site.temperature,
-        max_tokens=site.max_tokens,
-    )
-    # Hold no database connection for the seconds the model takes.
-    connection.close()
-    outcome = background_loop.run(
-        relay(request, conversation_id=reply.conversation_id, reply_id=reply.pk),
-        timeout=settings.REPLY_TIME_LIMIT + 5,
-    )
-    close_old_connections()
-    stored = _store(reply, request, outcome)
+            messages=build_messages(
+                system_prompt=site.system_prompt,
+                history=history,
+                budget=settings.LLM_CONTEXT_TOKENS,
+                model=model,
+            ),
+            temperature=site.temperature,
+            max_tokens=site.max_tokens,
+        )
+        # Hold no database connection for the seconds the model takes.
+        connection.close()
+        outcome = background_loop.run(
+            relay(request, conversation_id=reply.conversation_id, reply_id=reply.pk),
+            timeout=settings.REPLY_TIME_LIMIT + 5,
+        )
+        close_old_connections()
+        stored = _with_db_retries(lambda: _store(reply, request, outcome))
+    except Exception:
+        logger.exception("reply %s broke; storing it as failed", reply.pk)
+        close_old_connections()
+        stored = _with_db_retries(
+            lambda: services.reply_fail(
+                reply_id=reply.pk,
+                text_so_far=stream_state.text_so_far(reply.pk),
+                error_code="internal",
+                detail="The assistant could not finish this reply. Please try again.",
+                time_to_first_token_ms=None,
+                total_time_ms=round((time.monotonic() - started) * 1000),
+            )
+        )
     # Give the connection back before waiting for `done` to go out; the task ends
     # (and is acknowledged) only once it has.
     connection.close()
     events.wait_sent(timeout=10)
     return stored
+
+
+def _with_db_retries(store, attempts: int = 5):
+    """Storing the outcome outlives a short database outage (a restart, a failover)."""
+    for attempt in range(attempts):
+        try:
+            return store()
+        except (DatabaseError, InterfaceError):
+            if attempt == attempts - 1:
+                raise
+            logger.warning("storing a reply failed; retry %d", attempt + 1)
+            close_old_connections()
+            connection.close()
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def _store(reply: Message, request: ChatRequest, outcome: RelayOutcome) -> Message:
@@ -111,7 +145,10 @@ def _store(reply: Message, request: ChatRequest, outcome: RelayOutcome) -> Messa
             time_to_first_token_ms=ttft_ms,
             total_time_ms=total_ms,
         )
-    background_loop.run(stream_state.forget(reply.pk), timeout=5)
+    try:
+        background_loop.run(stream_state.forget(reply.pk), timeout=5)
+    except Exception:  # the keys expire on their own
+        logger.warning("could not drop the stream snapshot of reply %s", reply.pk)
     return stored
 
 

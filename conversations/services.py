@@ -251,8 +251,43 @@ def reply_fail(
 def _reply_close(
     reply: Message, *, status: str, error_code: str = "", detail: str | None = None
 ) -> None:
+    """End a streaming reply, once: a claim on status=streaming, so a late worker
+    and a redelivered task cannot both announce an outcome."""
     reply.status = status
     reply.error_code = error_code
     reply.completed_at = timezone.now()
-    reply.save()
+    fields = {
+        "status": status,
+        "error_code": error_code,
+        "completed_at": reply.completed_at,
+        "text": reply.text,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "usage_estimated": reply.usage_estimated,
+        "time_to_first_token_ms": reply.time_to_first_token_ms,
+        "total_time_ms": reply.total_time_ms,
+    }
+    claimed = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(**fields)
+    if claimed != 1:
+        logger.warning("reply %s was already closed; keeping its first outcome", reply.pk)
+        reply.refresh_from_db()
+        return
     events.reply_finished_on_commit(reply, error_detail=detail)
+
+
+def replies_fail_stale() -> int:
+    """Fail replies still `streaming` long after any worker could be on them (their
+    worker died and no redelivery came). Returns how many were failed."""
+    lost_before = timezone.now() - timedelta(seconds=settings.REPLY_TIME_LIMIT + 30)
+    failed = 0
+    for reply_id in Message.objects.filter(
+        status=Message.Status.STREAMING, created_at__lt=lost_before
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            reply = Message.objects.select_for_update().filter(pk=reply_id).first()
+            if reply is None or reply.status != Message.Status.STREAMING:
+                continue
+            reply.text = stream_state.text_so_far(reply.pk)
+            _reply_close(reply, status=Message.Status.FAILED, error_code="worker_lost")
+            failed += 1
+    return failed

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+import threading
 
-from conversations import replies
+from celery import shared_task
+from celery.signals import worker_ready
+from django.db import close_old_connections
+
+from conversations import replies, services
+
+logger = logging.getLogger(__name__)
+
+STALE_SWEEP_SECONDS = 60.0
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -13,3 +22,23 @@ def generate_reply(visitor_message_id: int) -> None:
     # (reply_failed); replies.reply_generate is idempotent per visitor message, so a
     # redelivery after a lost worker cannot answer twice.
     replies.reply_generate(visitor_message_id=visitor_message_id)
+
+
+@worker_ready.connect
+def _start_stale_reply_sweeper(**kwargs) -> None:
+    """Every worker also fails replies whose worker died and that no redelivery
+    reached (e.g. the broker lost the task), so no visitor waits forever."""
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(STALE_SWEEP_SECONDS):
+            try:
+                failed = services.replies_fail_stale()
+                if failed:
+                    logger.warning("failed %d replies left streaming by lost workers", failed)
+            except Exception:
+                logger.exception("stale reply sweep failed")
+            finally:
+                close_old_connections()
+
+    threading.Thread(target=sweep, name="stale-reply-sweeper", daemon=True).start()

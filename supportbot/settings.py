@@ -113,7 +113,17 @@ CHANNEL_LAYERS = {
         # The pub/sub layer: one PUBLISH per broadcast and push delivery, which keeps
         # per-delta latency and Redis work low when hundreds of replies stream at once.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # Timeouts, so a half-open connection to Redis cannot stall broadcasts.
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 5,
+                    "socket_connect_timeout": 5,
+                    "health_check_interval": 30,
+                }
+            ]
+        },
     }
 }
 
@@ -134,7 +144,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A task whose worker died is redelivered after this many seconds.
     # Never shorter than a reply may take: a redelivery must find the reply ended.
     "visibility_timeout": env_int(
-        "CELERY_VISIBILITY_TIMEOUT", REPLY_TIME_LIMIT + 60, minimum=REPLY_TIME_LIMIT + 31
+        "CELERY_VISIBILITY_TIMEOUT", REPLY_TIME_LIMIT + 120, minimum=REPLY_TIME_LIMIT + 90
     ),
 }
 # Replies run as threads that wait on one shared event loop, so one worker process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from django.utils import timezone
@@ -115,3 +116,64 @@ def test_a_redelivered_task_fails_a_reply_its_dead_worker_left_streaming(transac
     assert reply.error_code == "worker_lost"
     assert reply.text == "Half a sen"
     assert Message.objects.filter(conversation=conversation).count() == 2
+
+
+def _streaming_reply(site, *, age: timedelta) -> Message:
+    conversation = Conversation.objects.create(site=site, visitor_hash="y" * 64, seq=2)
+    question = Message.objects.create(
+        conversation=conversation, seq=1, role="visitor", text="hi", client_id="q"
+    )
+    reply = Message.objects.create(
+        conversation=conversation, seq=2, role="assistant", status="streaming", reply_to=question
+    )
+    Message.objects.filter(pk=reply.pk).update(created_at=timezone.now() - age)
+    return reply
+
+
+def test_the_sweeper_fails_only_replies_no_worker_can_still_be_on(transactional_db, site):
+    young = _streaming_reply(site, age=timedelta(seconds=5))
+    old = _streaming_reply(site, age=timedelta(hours=2))
+    sync_redis().set(f"reply:{old.pk}:text", "Partly said")
+
+    assert services.replies_fail_stale() == 1
+    old.refresh_from_db()
+    young.refresh_from_db()
+    assert (old.status, old.error_code, old.text) == ("failed", "worker_lost", "Partly said")
+    assert young.status == Message.Status.STREAMING
+    assert services.replies_fail_stale() == 0
+
+
+def test_a_reply_keeps_its_first_outcome(transactional_db, site):
+    reply = _streaming_reply(site, age=timedelta(seconds=1))
+    services.reply_complete(
+        reply_id=reply.pk,
+        text="The answer",
+        prompt_tokens=10,
+        completion_tokens=2,
+        usage_estimated=False,
+        time_to_first_token_ms=100,
+        total_time_ms=500,
+    )
+    # A late second outcome (a redelivered task, a slow worker) changes nothing.
+    late = services.reply_fail(
+        reply_id=reply.pk,
+        text_so_far="The",
+        error_code="worker_lost",
+        detail="lost",
+        time_to_first_token_ms=None,
+        total_time_ms=900,
+    )
+    reply.refresh_from_db()
+    assert (reply.status, reply.text, reply.total_time_ms) == ("complete", "The answer", 500)
+    assert late.status == Message.Status.COMPLETE
+
+
+def test_manage_py_ignores_the_services_file_of_a_launcher_that_died(tmp_path, monkeypatch):
+    from supportbot.local import paths
+
+    monkeypatch.setenv("SUPPORTBOT_VAR_DIR", str(tmp_path))
+    paths.write_state({"DATABASE_URL": "postgres://postgres@127.0.0.1:1/x"})
+    assert paths.read_state() == {"DATABASE_URL": "postgres://postgres@127.0.0.1:1/x"}
+    state = paths.state_file()
+    state.write_text(state.read_text().replace(str(os.getpid()), "999999"))
+    assert paths.read_state() == {}

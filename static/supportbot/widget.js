@@ -81,7 +81,9 @@
   };
   const link = (href, text) => h('a', { href, target: '_blank', rel: 'noopener noreferrer', text });
   const INLINE = /`([^`\n]+)`|\[([^\]\n]+)\]\(\s*<?([^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*)>?(?:\s+"[^"\n]*")?\s*\)|\*\*(?=\S)([\s\S]*?\S)\*\*|\*(?=[^\s*])([\s\S]*?[^\s*])\*|(https?:\/\/[^\s<>"]*[^\s<>".,;:!?'()[\]])/;
+  // Inline markup costs O(n^2) on a pathological line, so very long lines stay plain.
   const inline = (s, el, inLink) => {
+    if (s.length > 3000) { el.append(s); return; }
     for (let m; s && (m = INLINE.exec(s)); s = s.slice(m.index + m[0].length)) {
       if (m.index) el.append(s.slice(0, m.index));
       if (m[1] != null) el.append(h('code', { text: m[1] }));

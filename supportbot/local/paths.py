@@ -19,19 +19,37 @@ def state_file() -> Path:
 
 
 def read_state() -> dict[str, str]:
-    """URLs of the embedded services a running launcher published, or {}."""
+    """URLs of the embedded services a running launcher published, or {}.
+
+    Only while that launcher is alive: a file left by a killed one points at ports
+    that something else may own by now.
+    """
     try:
         data = json.loads(state_file().read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict) or not _alive(data.pop("launcher_pid", None)):
+        return {}
+    return {key: value for key, value in data.items() if isinstance(value, str)}
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_state(state: dict[str, str]) -> None:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
+    tmp.write_text(json.dumps({**state, "launcher_pid": os.getpid()}, indent=2))
     tmp.replace(path)
 
 
