@@ -34,15 +34,9 @@ def read_state() -> dict[str, str]:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from supportbot.local.process import pid_alive
+
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid)
 
 
 def write_state(state: dict[str, str]) -> None:

@@ -13,13 +13,19 @@ from tests.stack import AsgiServer, free_port
 TOKENS = [f" t{i:02d}" if i else "t00" for i in range(40)]
 
 
-def test_the_widget_reconnects_after_a_server_restart_and_shows_the_reply_once(
-    page, stack, demo_site, llm
-):
+def _own_server_origin(demo_site) -> tuple[int, str]:
+    """A port for a web server this test may kill, allowed to embed the widget."""
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
     demo_site.allowed_origins = [*demo_site.allowed_origins, origin]
     demo_site.save(update_fields=["allowed_origins"])
+    return port, origin
+
+
+def test_the_widget_reconnects_after_a_server_restart_and_shows_the_reply_once(
+    page, stack, demo_site, llm
+):
+    port, origin = _own_server_origin(demo_site)
     llm.enqueue(Script(tokens=TOKENS, token_interval=0.15))
 
     servers = [AsgiServer(stack.env, stack.log_dir, port=port)]
@@ -86,10 +92,7 @@ def test_a_reload_mid_reply_resumes_the_stream_once(page, stack, demo_site, llm)
 def test_a_message_typed_while_the_server_is_down_is_sent_once_when_it_returns(
     page, stack, demo_site, llm
 ):
-    port = free_port()
-    origin = f"http://127.0.0.1:{port}"
-    demo_site.allowed_origins = [*demo_site.allowed_origins, origin]
-    demo_site.save(update_fields=["allowed_origins"])
+    port, origin = _own_server_origin(demo_site)
     llm.enqueue(Script(tokens=["First", " answer"]))
     llm.enqueue(Script(tokens=["Sent", " once"]), match="while you were away")
 
