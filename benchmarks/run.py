@@ -39,6 +39,7 @@ import httpx
 import psycopg
 from websockets.asyncio.client import ClientConnection, connect
 
+from supportbot.local import process
 from tests import stack
 from tests.scripted_llm import default_reply_tokens
 from tests.visitor import ORIGIN
@@ -477,7 +478,7 @@ class LineChild:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            preexec_fn=stack._die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=process.die_with_parent,
         )  # fmt: skip
         assert self.process.stdout is not None
         line = self.process.stdout.readline()

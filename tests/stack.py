@@ -7,10 +7,8 @@ what production runs: supportbot.settings configured through the environment.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,19 +19,13 @@ from pathlib import Path
 
 import httpx
 
+from supportbot.local import process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # A child must not outlive a test run that was killed (Linux only; best effort).
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# The launcher's own helpers: children die with their parent, ports come free.
+free_port = process.free_port
 
 
 class Child:
@@ -49,7 +41,7 @@ class Child:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=process.die_with_parent,
         )
 
     def log(self) -> str:
