@@ -15,6 +15,23 @@ class SiteAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "public_key", "allowed_origins", "created_at"]}),
         ("Assistant", {"fields": ["system_prompt", "model", "temperature", "max_tokens"]}),
+        (
+            "Moderation",
+            {
+                "fields": [
+                    "moderation_mode",
+                    "moderation_provider",
+                    "moderation_fail_open",
+                    "flagged_input_reply",
+                    "self_harm_reply",
+                    "secrets_reply",
+                ]
+            },
+        ),
+        (
+            "Handoff to a person",
+            {"fields": ["handoff_topics", "handoff_notice", "bot_answers_while_waiting"]},
+        ),
         ("Widget", {"fields": ["widget_title", "widget_colour", "widget_greeting"]}),
     ]
 
@@ -22,8 +39,9 @@ class SiteAdmin(admin.ModelAdmin):
 class MessageInline(admin.TabularInline):
     model = Message
     fk_name = "conversation"
-    fields = ["seq", "role", "status", "text", "moderation", "prompt_tokens",
-              "completion_tokens", "time_to_first_token_ms", "created_at"]  # fmt: skip
+    fields = ["seq", "role", "status", "text", "moderation", "moderation_categories",
+              "handoff_reason", "prompt_tokens", "completion_tokens",
+              "time_to_first_token_ms", "created_at"]  # fmt: skip
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -46,12 +64,14 @@ class StatusChangeInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["id", "site", "status", "handoff_requested", "handoff_reason", "updated_at"]
-    list_filter = ["status", "handoff_requested", "site"]
+    list_display = ["id", "site", "status", "handoff_requested", "handoff_reason",
+                    "moderation_flagged", "updated_at"]  # fmt: skip
+    list_filter = ["status", "handoff_requested", "moderation_flagged", "site"]
     search_fields = ["messages__text"]
     date_hierarchy = "created_at"
     readonly_fields = ["id", "site", "visitor_hash", "status", "handoff_requested",
-                       "handoff_reason", "seq", "created_at", "updated_at"]  # fmt: skip
+                       "handoff_reason", "moderation_flagged", "seq", "created_at",
+                       "updated_at"]  # fmt: skip
     inlines = [StatusChangeInline, MessageInline]
 
     def get_queryset(self, request):
@@ -63,7 +83,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Ticket)
 class TicketAdmin(admin.ModelAdmin):
-    list_display = ["subject", "status", "priority", "assignee", "created_at"]
+    list_display = ["subject", "status", "priority", "reason", "assignee", "created_at"]
     list_filter = ["status", "priority"]
     search_fields = ["subject"]
     raw_id_fields = ["conversation"]

@@ -15,12 +15,14 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from conversations import background_loop, stream_state
-from conversations.models import Message, StatusChange
+from conversations.models import Conversation, Message, StatusChange, Ticket
 from conversations.serializers import message_dict, status_event
 
 logger = logging.getLogger(__name__)
 
 HANDLER = "conversation.event"
+# Every staff console listens here for conversations that need a person.
+AGENTS_GROUP = "agents"
 
 
 def group_name(conversation_id: object) -> str:
@@ -52,7 +54,12 @@ class _Outbox:
             for event in batch:
                 try:
                     async with asyncio.timeout(5):
-                        await asend(conversation_id, event)
+                        if event.get("type") == "queue":
+                            await get_channel_layer().group_send(
+                                AGENTS_GROUP, {"type": HANDLER, "event": event}
+                            )
+                        else:
+                            await asend(conversation_id, event)
                 except Exception:
                     # The rows are committed; a client that missed this heals on its
                     # next hello (or from `done`, which carries the stored text).
@@ -127,6 +134,45 @@ def reply_finished_on_commit(reply: Message, *, error_detail: str | None = None)
             }
         )
     send_on_commit(reply.conversation_id, *events)
+
+
+def reply_withdrawn_on_commit(reply: Message) -> None:
+    """A reply moderation stopped: clients drop its text; `done` carries it as ""."""
+    send_on_commit(
+        reply.conversation_id,
+        {
+            "type": "withdrawn",
+            "message_id": str(reply.pk),
+            "reason": "moderation",
+            # Extension: "moderation", "prompt_leak" or "moderation_unavailable".
+            "category": reply.error_code,
+        },
+        {"type": "done", "message": message_dict(reply)},
+        {"type": "typing", "role": "assistant", "on": False},
+    )
+
+
+def queue_on_commit(conversation: Conversation, ticket: Ticket, *, action: str) -> None:
+    """Tell agents' consoles that a conversation needs a person (or more urgently)."""
+    send_on_commit(
+        conversation.pk,
+        {
+            "type": "queue",
+            "action": action,
+            "conversation": {
+                "id": str(conversation.pk),
+                "site": conversation.site_id,
+                "status": conversation.status,
+                "handoff_reason": conversation.handoff_reason,
+            },
+            "ticket": {
+                "id": ticket.pk,
+                "status": ticket.status,
+                "priority": ticket.priority,
+                "reason": ticket.reason,
+            },
+        },
+    )
 
 
 async def send_delta(conversation_id: object, message_id: int, index: int, text: str) -> None:

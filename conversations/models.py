@@ -23,6 +23,42 @@ def validate_colour(value: str) -> None:
         raise ValidationError("Use a hex colour like #1f4e79")
 
 
+def new_canary() -> str:
+    return "sb-canary-" + secrets.token_hex(8)
+
+
+def validate_topics(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError('Handoff topics must be a list of strings, e.g. ["refund", "legal"]')
+    if len(value) > 200 or any(not 0 < len(item.strip()) <= 100 for item in value):
+        raise ValidationError("At most 200 topics, each 1 to 100 characters")
+
+
+DEFAULT_FLAGGED_INPUT_REPLY = (
+    "I'm sorry, I can't help with that here. I've asked a member of our team to look at "
+    "this conversation; they will reply here."
+)
+DEFAULT_SELF_HARM_REPLY = (
+    "I'm really sorry you're feeling this way. You don't have to go through it alone. "
+    "If you are in danger right now, please call your local emergency number. You can "
+    "reach a crisis line at any hour: in the US call or text 988, in the UK and Ireland "
+    "call Samaritans on 116 123, or find a helpline in your country at "
+    "https://findahelpline.com. I've also asked a person from our team to join this "
+    "conversation."
+)
+DEFAULT_SECRETS_REPLY = (
+    "For your security, please don't share card numbers, passwords or other secrets in "
+    "chat. A person from our team will follow up here."
+)
+DEFAULT_HANDOFF_NOTICE = (
+    "I'm passing this conversation to a person from our team. They will reply here as "
+    "soon as they can; you can keep this window open or come back later."
+)
+DEFAULT_UNCHECKED_NOTICE = (
+    "I can't send an answer right now. A person from our team will follow up here."
+)
+
+
 def validate_origins(value: object) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValidationError("Allowed origins must be a list of strings like https://example.com")
@@ -54,6 +90,53 @@ class Site(models.Model):
     max_tokens = models.PositiveIntegerField(
         default=512, validators=[MinValueValidator(1), MaxValueValidator(32_000)]
     )
+
+    class ModerationMode(models.TextChoices):
+        GATE = "gate", "Gate: release each sentence only after it passes"
+        AFTER = "after", "After: stream freely, withdraw a flagged answer at the end"
+
+    class ModerationProvider(models.TextChoices):
+        AUTO = "auto", "The moderation API when configured, otherwise offline"
+        OFFLINE = "offline", "Offline (in the worker, no network)"
+        API = "api", "The moderation API (MODERATION_BASE_URL)"
+
+    moderation_mode = models.CharField(
+        max_length=10, choices=ModerationMode.choices, default=ModerationMode.GATE
+    )
+    moderation_provider = models.CharField(
+        max_length=10, choices=ModerationProvider.choices, default=ModerationProvider.AUTO
+    )
+    moderation_fail_open = models.BooleanField(
+        default=False,
+        help_text="When moderation itself fails, show answers unchecked instead of holding "
+        "them and handing off.",
+    )
+    flagged_input_reply = models.TextField(
+        default=DEFAULT_FLAGGED_INPUT_REPLY,
+        help_text="Sent instead of an answer when a visitor's message is flagged.",
+    )
+    self_harm_reply = models.TextField(
+        default=DEFAULT_SELF_HARM_REPLY,
+        help_text="Sent when a visitor's message suggests self-harm; include help resources.",
+    )
+    secrets_reply = models.TextField(
+        default=DEFAULT_SECRETS_REPLY,
+        help_text="Sent when a visitor's message contains a card number or another secret.",
+    )
+    handoff_notice = models.TextField(
+        default=DEFAULT_HANDOFF_NOTICE, help_text="Tells the visitor a person will take over."
+    )
+    handoff_topics = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_topics],
+        help_text='Words or phrases that always go to a person, e.g. ["refund", "lawyer"].',
+    )
+    bot_answers_while_waiting = models.BooleanField(
+        default=False, help_text="Keep answering while the conversation waits for a person."
+    )
+    # A secret in the system prompt: an answer that contains it leaked the prompt.
+    prompt_canary = models.CharField(max_length=40, default=new_canary, editable=False)
     widget_title = models.CharField(max_length=60, default="Support")
     widget_colour = models.CharField(max_length=7, default="#1f4e79", validators=[validate_colour])
     widget_greeting = models.CharField(
@@ -93,6 +176,8 @@ class Conversation(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.BOT)
     handoff_requested = models.BooleanField(default=False)
     handoff_reason = models.CharField(max_length=200, blank=True)
+    # Any message of this conversation was flagged by moderation.
+    moderation_flagged = models.BooleanField(default=False)
     # The last seq handed out; incremented in the same transaction as each event.
     seq = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -150,6 +235,10 @@ class Message(models.Model):
     moderation_categories = models.JSONField(default=list, blank=True)
     moderation_scores = models.JSONField(default=dict, blank=True)
     moderation_provider = models.CharField(max_length=50, blank=True)
+    moderation_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    # The handoff decision taken with this message: whether it asked for a person, why.
+    handoff_requested = models.BooleanField(default=False)
+    handoff_reason = models.CharField(max_length=200, blank=True)
 
     model = models.CharField(max_length=200, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -220,6 +309,8 @@ class Ticket(models.Model):
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="tickets")
     subject = models.CharField(max_length=200)
+    # Why the conversation went to a person (the latest handoff's reason).
+    reason = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     assignee = models.ForeignKey(

@@ -94,3 +94,27 @@ def site_allowing_origin(origin: str) -> Site | None:
         Site.objects.filter(allowed_origins__contains=[origin]).first()
         or Site.objects.filter(allowed_origins__contains=["*"]).first()
     )
+
+
+def visitor_texts_before(conversation_id: object, seq: int, limit: int = 20) -> list[str]:
+    """The visitor's latest messages before a seq, newest first."""
+    return list(
+        Message.objects.filter(
+            conversation_id=conversation_id, role=Message.Role.VISITOR, seq__lt=seq
+        )
+        .order_by("-seq")
+        .values_list("text", flat=True)[:limit]
+    )
+
+
+def previous_reply_failed(conversation_id: object, seq: int) -> bool:
+    """Whether the bot's last answer before this seq failed."""
+    status = (
+        Message.objects.filter(
+            conversation_id=conversation_id, role=Message.Role.ASSISTANT, seq__lt=seq
+        )
+        .order_by("-seq")
+        .values_list("status", flat=True)
+        .first()
+    )
+    return status == Message.Status.FAILED

@@ -12,7 +12,9 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from conversations import events, stream_state, visitors
+from conversations.handoff import Decision
 from conversations.models import Conversation, Message, Site, StatusChange, Ticket
+from conversations.moderation.verdict import FLAGGED, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -88,21 +90,49 @@ def message_create_from_visitor(
         if existing is None:
             raise
         return StoredMessage(existing, created=False)
-    queued = _queue_reply(message.pk) if status == Conversation.Status.BOT else True
+    # Every visitor message goes to the worker: it is moderated even when a person,
+    # not the bot, answers the conversation.
+    queued = _queue_reply(message.pk)
     return StoredMessage(message, created=True, reply_queued=queued)
 
 
-def message_resend(*, message: Message) -> StoredMessage:
-    """A client_id sent again: the stored message, and a second chance for its reply
-    if queueing it failed the first time (the reply task is idempotent)."""
-    unanswered = (
-        not Message.objects.filter(reply_to=message).exists()
-        and Conversation.objects.filter(
-            pk=message.conversation_id, status=Conversation.Status.BOT
-        ).exists()
+def bot_answers(conversation: Conversation) -> bool:
+    """Whether the bot replies to the conversation's new messages."""
+    if conversation.status == Conversation.Status.BOT:
+        return True
+    return (
+        conversation.status == Conversation.Status.WAITING
+        and conversation.site.bot_answers_while_waiting
     )
-    queued = _queue_reply(message.pk) if unanswered else True
+
+
+def message_resend(*, message: Message) -> StoredMessage:
+    """A client_id sent again: the stored message, and a second chance for its
+    processing if queueing it failed the first time (the task is idempotent)."""
+    conversation = Conversation.objects.select_related("site").get(pk=message.conversation_id)
+    due = message.moderation == Message.Moderation.PENDING or (
+        not Message.objects.filter(reply_to=message).exists() and bot_answers(conversation)
+    )
+    queued = _queue_reply(message.pk) if due else True
     return StoredMessage(message, created=False, reply_queued=queued)
+
+
+def message_moderated(*, message_id: int, verdict: Verdict, decision: Decision) -> None:
+    """Store a visitor message's moderation verdict and the handoff decision it led to."""
+    with transaction.atomic():
+        Message.objects.filter(pk=message_id).update(
+            moderation=verdict.status,
+            moderation_categories=list(verdict.categories),
+            moderation_scores=verdict.scores,
+            moderation_provider=verdict.provider[:50],
+            moderation_latency_ms=verdict.latency_ms,
+            handoff_requested=decision.requested,
+            handoff_reason=decision.reason[:200],
+        )
+        if verdict.status == FLAGGED:
+            Conversation.objects.filter(messages__pk=message_id, moderation_flagged=False).update(
+                moderation_flagged=True
+            )
 
 
 def _queue_reply(visitor_message_id: int) -> bool:
@@ -121,23 +151,90 @@ def _queue_reply(visitor_message_id: int) -> bool:
 
 
 def conversation_request_handoff(*, conversation_id: object, reason: str) -> StatusChange | None:
-    """Hand the conversation to a person; None if one already has it or it is closed."""
+    """The visitor asked for a person (the protocol's `handoff` frame)."""
+    return conversation_handoff(
+        conversation_id=conversation_id, decision=Decision(reason), raise_if_closed=True
+    )
+
+
+def conversation_handoff(
+    *,
+    conversation_id: object,
+    decision: Decision,
+    notice: bool = True,
+    raise_if_closed: bool = False,
+) -> StatusChange | None:
+    """Hand the conversation to a person: status `waiting`, its ticket opened (or
+    reopened) with the reason and priority, agents told, and (with `notice`) the
+    visitor told in plain words by a system message.
+
+    Returns None when no change was due: a person already has it, or it is waiting
+    already (then its open ticket's priority is raised if this reason is more
+    urgent), or it is closed.
+    """
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=conversation_id)
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("site")
+            .get(pk=conversation_id)
+        )
         if conversation.status == Conversation.Status.CLOSED:
-            raise ConversationClosed
-        if conversation.status != Conversation.Status.BOT:
+            if raise_if_closed:
+                raise ConversationClosed
             return None
-        change = _status_change(conversation, Conversation.Status.WAITING, reason=reason)
+        if conversation.status != Conversation.Status.BOT:
+            _ticket_escalate(conversation, decision)
+            return None
+        change = _status_change(conversation, Conversation.Status.WAITING, reason=decision.reason)
         conversation.handoff_requested = True
-        conversation.handoff_reason = reason
+        conversation.handoff_reason = decision.reason[:200]
         conversation.save(update_fields=["handoff_requested", "handoff_reason", "updated_at"])
-        Ticket.objects.create(
+        ticket = _ticket_open(conversation, decision)
+        if notice:
+            seq, _ = _next_seq(conversation.pk)
+            message = Message.objects.create(
+                conversation=conversation,
+                seq=seq,
+                role=Message.Role.SYSTEM,
+                text=conversation.site.handoff_notice,
+                moderation=Message.Moderation.PASSED,
+                moderation_provider="site",
+                handoff_requested=True,
+                handoff_reason=decision.reason[:200],
+            )
+            events.message_on_commit(message)
+        events.queue_on_commit(conversation, ticket, action="handoff")
+    return change
+
+
+def _ticket_open(conversation: Conversation, decision: Decision) -> Ticket:
+    """The conversation's latest ticket, reopened; a new one if it has none."""
+    ticket = conversation.tickets.order_by("-created_at").first()
+    if ticket is None:
+        return Ticket.objects.create(
             conversation=conversation,
             subject=_ticket_subject(conversation),
-            priority=Ticket.Priority.NORMAL,
+            reason=decision.reason[:200],
+            priority=decision.priority,
         )
-    return change
+    ticket.status = Ticket.Status.OPEN
+    ticket.reason = decision.reason[:200]
+    ticket.priority = max(ticket.priority, decision.priority)
+    ticket.resolved_at = None
+    ticket.save(update_fields=["status", "reason", "priority", "resolved_at", "updated_at"])
+    return ticket
+
+
+def _ticket_escalate(conversation: Conversation, decision: Decision) -> None:
+    """A more urgent reason while a person has (or is about to have) the conversation."""
+    ticket = (
+        conversation.tickets.exclude(status=Ticket.Status.RESOLVED).order_by("-created_at").first()
+    )
+    if ticket is not None and decision.priority > ticket.priority:
+        ticket.priority = decision.priority
+        ticket.reason = decision.reason[:200]
+        ticket.save(update_fields=["priority", "reason", "updated_at"])
+        events.queue_on_commit(conversation, ticket, action="escalated")
 
 
 def _status_change(
@@ -172,7 +269,7 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
     """
     with transaction.atomic():
         question = (
-            Message.objects.select_related("conversation")
+            Message.objects.select_related("conversation__site")
             .select_for_update(of=("self",))
             .get(pk=visitor_message_id)
         )
@@ -187,10 +284,11 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
                 existing.text = stream_state.text_so_far(existing.pk)
                 _reply_close(existing, status=Message.Status.FAILED, error_code="worker_lost")
             return None
-        if question.conversation.status != Conversation.Status.BOT:
+        if not bot_answers(question.conversation):
             return None
         seq, status = _next_seq(question.conversation_id)
-        if status != Conversation.Status.BOT:
+        question.conversation.status = status
+        if not bot_answers(question.conversation):
             # Handed off since the check above: give the seq back, or it is a gap.
             transaction.set_rollback(True)
             return None
@@ -216,7 +314,12 @@ def reply_complete(
     usage_estimated: bool,
     time_to_first_token_ms: int | None,
     total_time_ms: int,
+    verdict: Verdict,
+    decision: Decision,
+    withdrawn_code: str = "",
 ) -> Message:
+    """Store a reply's outcome: complete, or (with `withdrawn_code`) withdrawn, its
+    text then kept for staff only."""
     with transaction.atomic():
         reply = Message.objects.select_for_update().get(pk=reply_id)
         reply.text = text
@@ -225,8 +328,24 @@ def reply_complete(
         reply.usage_estimated = usage_estimated
         reply.time_to_first_token_ms = time_to_first_token_ms
         reply.total_time_ms = total_time_ms
-        _reply_close(reply, status=Message.Status.COMPLETE)
+        _verdict_on(reply, verdict)
+        reply.handoff_requested = decision.requested
+        reply.handoff_reason = decision.reason[:200]
+        if withdrawn_code:
+            _reply_close(reply, status=Message.Status.WITHDRAWN, error_code=withdrawn_code)
+        else:
+            _reply_close(reply, status=Message.Status.COMPLETE)
+        if verdict.status == FLAGGED:
+            Conversation.objects.filter(pk=reply.conversation_id).update(moderation_flagged=True)
     return reply
+
+
+def _verdict_on(message: Message, verdict: Verdict) -> None:
+    message.moderation = verdict.status
+    message.moderation_categories = list(verdict.categories)
+    message.moderation_scores = verdict.scores
+    message.moderation_provider = verdict.provider[:50]
+    message.moderation_latency_ms = verdict.latency_ms
 
 
 def reply_fail(
@@ -237,6 +356,8 @@ def reply_fail(
     detail: str,
     time_to_first_token_ms: int | None,
     total_time_ms: int,
+    verdict: Verdict | None = None,
+    decision: Decision | None = None,
 ) -> Message:
     """Mark a reply failed, keeping whatever text had already streamed."""
     with transaction.atomic():
@@ -244,6 +365,11 @@ def reply_fail(
         reply.text = text_so_far
         reply.time_to_first_token_ms = time_to_first_token_ms
         reply.total_time_ms = total_time_ms
+        if verdict is not None:
+            _verdict_on(reply, verdict)
+        if decision is not None:
+            reply.handoff_requested = decision.requested
+            reply.handoff_reason = decision.reason[:200]
         _reply_close(reply, status=Message.Status.FAILED, error_code=error_code, detail=detail)
     return reply
 
@@ -266,13 +392,23 @@ def _reply_close(
         "usage_estimated": reply.usage_estimated,
         "time_to_first_token_ms": reply.time_to_first_token_ms,
         "total_time_ms": reply.total_time_ms,
+        "moderation": reply.moderation,
+        "moderation_categories": reply.moderation_categories,
+        "moderation_scores": reply.moderation_scores,
+        "moderation_provider": reply.moderation_provider,
+        "moderation_latency_ms": reply.moderation_latency_ms,
+        "handoff_requested": reply.handoff_requested,
+        "handoff_reason": reply.handoff_reason,
     }
     claimed = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(**fields)
     if claimed != 1:
         logger.warning("reply %s was already closed; keeping its first outcome", reply.pk)
         reply.refresh_from_db()
         return
-    events.reply_finished_on_commit(reply, error_detail=detail)
+    if status == Message.Status.WITHDRAWN:
+        events.reply_withdrawn_on_commit(reply)
+    else:
+        events.reply_finished_on_commit(reply, error_detail=detail)
 
 
 def replies_fail_stale() -> int:

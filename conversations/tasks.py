@@ -25,6 +25,21 @@ def generate_reply(visitor_message_id: int) -> None:
 
 
 @worker_ready.connect
+def _warm_up_the_offline_moderator(**kwargs) -> None:
+    """Read the abuse model (seconds) before the first visitor waits on it."""
+
+    def warm() -> None:
+        from conversations.moderation import profanity
+
+        try:
+            profanity.warm_up()
+        except Exception:
+            logger.exception("the offline moderator's model failed to load")
+
+    threading.Thread(target=warm, name="moderator-warm-up", daemon=True).start()
+
+
+@worker_ready.connect
 def _start_stale_reply_sweeper(**kwargs) -> None:
     """Every worker also fails replies whose worker died and that no redelivery
     reached (e.g. the broker lost the task), so no visitor waits forever."""

@@ -174,6 +174,29 @@ LLM_RETRY_MAX_WAIT = env_float("LLM_RETRY_MAX_WAIT", 20.0, minimum=0)
 LLM_CONTEXT_TOKENS = env_int("LLM_CONTEXT_TOKENS", 3000, minimum=256)
 STREAM_COALESCE_MS = env_int("STREAM_COALESCE_MS", 40, minimum=0, maximum=1000)
 
+# --- Moderation ----------------------------------------------------------------
+
+# false turns moderation off for the whole deployment (verdicts are stored as
+# "unchecked"): only for measuring its cost, or behind a moderating proxy.
+MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
+
+# An OpenAI-compatible /moderations endpoint; unset, sites use the offline moderator.
+MODERATION_BASE_URL = env_url("MODERATION_BASE_URL", "", schemes=("http", "https")).rstrip("/")
+MODERATION_API_KEY = env_str("MODERATION_API_KEY") or (
+    LLM_API_KEY if "api.openai.com" in MODERATION_BASE_URL else ""
+)
+MODERATION_MODEL = env_str("MODERATION_MODEL", "omni-moderation-latest")
+# One moderation call, retries included, never takes longer than this.
+MODERATION_TIMEOUT = env_float("MODERATION_TIMEOUT", 5.0, minimum=0.1)
+MODERATION_MAX_RETRIES = env_int("MODERATION_MAX_RETRIES", 1, minimum=0, maximum=5)
+# Gate mode releases an answer in windows: a sentence, or at most this many characters.
+MODERATION_WINDOW_CHARS = env_int("MODERATION_WINDOW_CHARS", 240, minimum=40, maximum=4000)
+# Characters of already-released text checked together with each new window.
+MODERATION_CONTEXT_CHARS = env_int("MODERATION_CONTEXT_CHARS", 400, minimum=0, maximum=8000)
+# Offer the model a handoff_to_human tool (for providers that support tools); otherwise
+# the system prompt asks for a marker that is stripped before the visitor sees it.
+LLM_HANDOFF_TOOL = env_bool("LLM_HANDOFF_TOOL", False)
+
 # --- Visitor limits --------------------------------------------------------------
 
 MESSAGE_MAX_CHARS = 4000

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 
 from tests import stack as stack_module
-from tests.scripted_llm import Script, ScriptedLLMServer
+from tests.scripted_llm import ModerationScript, Script, ScriptedLLMServer
 from tests.visitor import ORIGIN, Visitor
 
 # Short enough that fault tests finish quickly, long enough for a loaded CI machine.
@@ -25,6 +25,10 @@ TEST_SERVER_SETTINGS = {
     "RATE_VISITOR_MESSAGES_PER_MINUTE": "20",
     "RATE_ADDRESS_MESSAGES_PER_MINUTE": "100000",
     "RATE_CONVERSATIONS_PER_HOUR": "100000",
+    # Sites set to moderation provider "api" use the scripted server's /moderations;
+    # "auto" and "offline" sites use the offline moderator.
+    "MODERATION_TIMEOUT": "2",
+    "MODERATION_MAX_RETRIES": "1",
 }
 
 
@@ -60,6 +64,7 @@ def llm_server():
 def llm(llm_server):
     llm_server.clear()
     llm_server.default = DEFAULT_SCRIPT
+    llm_server.moderation_default = ModerationScript()
     return llm_server
 
 
@@ -80,6 +85,7 @@ def live_stack(django_db_setup, django_db_blocker, llm_server):
             database=settings.DATABASES["default"],
             redis_url=settings.REDIS_URL,
             llm_base_url=llm_server.base_url,
+            MODERATION_BASE_URL=llm_server.base_url,
             **TEST_SERVER_SETTINGS,
         )
         worker = stack_module.CeleryWorker(env, logs)
@@ -113,6 +119,9 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def site(transactional_db):
+    """A site whose answers stream freely and are moderated (offline) at the end:
+    the streaming tests count deltas token by token. Moderation tests make their
+    own sites in the default `gate` mode."""
     from conversations.models import Site
 
     return Site.objects.create(
@@ -121,6 +130,8 @@ def site(transactional_db):
         system_prompt="You are the Test shop's support assistant.",
         temperature=0.2,
         max_tokens=300,
+        moderation_mode=Site.ModerationMode.AFTER,
+        moderation_provider=Site.ModerationProvider.OFFLINE,
     )
 
 

@@ -1,4 +1,4 @@
-"""Scripted OpenAI-compatible Chat Completions server: a stand-in for a model.
+"""Scripted OpenAI-compatible server: a stand-in for a model and a moderation API.
 
 It speaks real HTTP/1.1 (keep-alive, chunked transfer encoding) and real
 server-sent events on loopback, so the code under test exercises its actual HTTP
@@ -20,15 +20,25 @@ Queued scripts are used once each, in FIFO order; a script enqueued with
 ``match`` only serves a request whose last user message contains that substring.
 When no queued script is eligible the ``default`` script answers.
 
+Moderation works the same way with :class:`ModerationScript`, plus rules that hold
+until ``clear()``::
+
+    llm.moderation_rules.append(("BADWORD", ["harassment"]))  # flag any input containing it
+    llm.enqueue_moderation(ModerationScript(status=500))  # the next check fails
+    llm.enqueue_moderation(ModerationScript(delay=10), match="slow")
+    llm.moderation_default = ModerationScript(flagged_categories=["hate"])
+
 As a process, for benchmarks::
 
     python -m tests.scripted_llm --port 0 --first-token-delay 0.2 \\
-        --tokens-per-second 50 --reply-words 100
+        --tokens-per-second 50 --reply-words 100 [--reply-sentences]
 
 prints ``ready http://127.0.0.1:PORT/v1`` once listening and serves the default
-script until SIGINT/SIGTERM.
+script until SIGINT/SIGTERM. ``--reply-sentences`` streams ordinary support
+sentences (:func:`support_reply_tokens`) instead of ``w0 w1 ...``.
 
-Endpoints: ``POST /v1/chat/completions`` (streaming and not) and
+Endpoints: ``POST /v1/chat/completions`` (streaming and not, optionally ending in
+a tool call), ``POST /v1/moderations`` (``input`` a string or a list of strings) and
 ``GET /v1/models``; anything else is 404.
 """
 
@@ -54,10 +64,55 @@ LISTEN_BACKLOG = 2048
 
 _COMPACT = (",", ":")
 
+# The categories OpenAI's omni-moderation models report for every input.
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+FLAGGED_SCORE = 0.9
+CLEAN_SCORE = 0.0001
+
 
 def default_reply_tokens(n: int) -> list[str]:
     """Tokens of the default reply: ``["w0", " w1", ..., " w{n-1}"]``."""
     return [f"w{i}" if i == 0 else f" w{i}" for i in range(n)]
+
+
+# An ordinary support answer. The moderation gate releases text a sentence at a time,
+# so measuring it needs real sentence ends; "w0 w1 ..." would be one long window.
+# 100 words, so the benchmarks' default reply is the whole answer. Every sentence
+# passes the offline moderator (benchmarks/moderation.py checks it before measuring).
+SUPPORT_REPLY_SENTENCES = (
+    "Thanks for getting in touch, and I'm sorry that your order has not arrived yet.",
+    "I can see that it left our warehouse on Monday and is now with the courier.",
+    "Deliveries to your area usually take three to five working days after dispatch.",
+    "You can follow the parcel at any time with the tracking link in your confirmation email.",
+    "If it has still not arrived by Friday, reply here and we will send a replacement.",
+    "It is also worth asking your neighbours, as couriers sometimes leave parcels next door.",
+    "Is there anything else I can help you with today?",
+)
+
+
+def support_reply_tokens(n: int) -> list[str]:
+    """``n`` word tokens of :data:`SUPPORT_REPLY_SENTENCES` (repeated as needed), ending
+    a sentence: ``["Thanks", " for", " getting", ...]``."""
+    words = " ".join(SUPPORT_REPLY_SENTENCES).split()
+    tokens = [words[i % len(words)] for i in range(n)]
+    if tokens and not tokens[-1].endswith((".", "?", "!")):
+        # A reply cut mid-sentence still ends like one, as a model's would.
+        tokens[-1] = tokens[-1].rstrip(",") + "."
+    return [token if i == 0 else " " + token for i, token in enumerate(tokens)]
 
 
 @dataclass
@@ -86,6 +141,11 @@ class Script:
     response is sent and ``malformed_after`` is ignored.
 
     ``delay_headers`` sleeps before the status line, emulating a slow first byte.
+
+    ``tool_call`` names a function the model calls after its content tokens: a
+    streamed reply then sends the call's id and name in one chunk, its
+    ``tool_call_arguments`` in one or two more, and finishes with ``"tool_calls"``
+    instead of ``finish_reason``; a non-streamed one carries ``message.tool_calls``.
     """
 
     tokens: list[str] | None = None
@@ -102,12 +162,37 @@ class Script:
     malformed_after: int | None = None
     finish_reason: str = "stop"
     delay_headers: float = 0.0
+    tool_call: str | None = None
+    tool_call_arguments: str = "{}"
 
     def reply_tokens(self) -> list[str]:
         """The content pieces this script streams."""
         if self.tokens is None:
             return default_reply_tokens(self.reply_words)
         return list(self.tokens)
+
+
+@dataclass
+class ModerationScript:
+    """How to answer one moderation request.
+
+    Every input of the request is flagged with ``flagged_categories`` (plus whatever
+    the server's ``moderation_rules`` add for that input). ``category_scores`` are
+    ``FLAGGED_SCORE`` for flagged categories and ``CLEAN_SCORE`` for the others,
+    overridden name by name by ``scores``.
+
+    ``delay`` sleeps before answering. A ``status`` other than 200 answers with an
+    OpenAI-style error object; ``body``, when set, is sent verbatim instead of
+    either (a dict as JSON, a str as text/plain unless ``headers`` say otherwise), to
+    inject malformed answers. ``headers`` are added to the response.
+    """
+
+    status: int = 200
+    flagged_categories: list[str] = field(default_factory=list)
+    scores: dict[str, float] | None = None
+    delay: float = 0.0
+    body: dict[str, Any] | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class RecordedRequest(TypedDict):
@@ -282,6 +367,44 @@ def _last_user_text(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def _moderation_inputs(payload: Any) -> list[str] | None:
+    """The texts to moderate, or ``None`` when ``input`` is neither a string nor strings."""
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("input")
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value
+    return None
+
+
+def _moderation_result(
+    script: ModerationScript, text: str, rules: list[tuple[str, list[str]]]
+) -> dict[str, Any]:
+    flagged = list(script.flagged_categories)
+    flagged += [name for substring, names in rules if substring in text for name in names]
+    flagged = list(dict.fromkeys(flagged))
+    categories = {name: name in flagged for name in MODERATION_CATEGORIES}
+    categories.update((name, True) for name in flagged)
+    scores = {name: FLAGGED_SCORE if hit else CLEAN_SCORE for name, hit in categories.items()}
+    if script.scores:
+        scores.update(script.scores)
+    return {"flagged": bool(flagged), "categories": categories, "category_scores": scores}
+
+
+def _tool_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """The arguments string in one or two pieces, as a model streams them."""
+    if len(arguments) < 2:
+        return [arguments]
+    middle = len(arguments) // 2
+    return [arguments[:middle], arguments[middle:]]
+
+
 def _usage_for(script: Script, payload: dict[str, Any], tokens: list[str]) -> dict[str, Any] | None:
     if script.usage != "auto":
         return script.usage
@@ -321,6 +444,24 @@ class _StreamEncoder:
         data = self._content_prefix + json.dumps(token).encode() + self._content_suffix
         return _chunk(b"data: " + data)
 
+    def tool_call(self, name: str, arguments: str) -> bytes:
+        """The chunks of one streamed tool call: id and name, then the arguments."""
+        opening = {
+            "index": 0,
+            "id": _tool_call_id(),
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        events = [self._delta({"tool_calls": [opening]})]
+        for piece in _argument_pieces(arguments):
+            events.append(
+                self._delta({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            )
+        return b"".join(events)
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return self.event(choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+
 
 _MALFORMED_EVENT = _chunk(b"data: {this is not json\n\n")
 _DONE_AND_END = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
@@ -335,11 +476,23 @@ class ScriptedLLMServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, default: Script | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        default: Script | None = None,
+        port: int = 0,
+        *,
+        moderation_default: ModerationScript | None = None,
+    ) -> None:
         self.default = default if default is not None else Script()
+        self.moderation_default = (
+            moderation_default if moderation_default is not None else ModerationScript()
+        )
+        # (substring, categories): any moderated input containing the substring is flagged.
+        self.moderation_rules: list[tuple[str, list[str]]] = []
         self.port = port
         self._cond = threading.Condition()
         self._queue: list[tuple[Script, str | None]] = []
+        self._moderation_queue: list[tuple[ModerationScript, str | None]] = []
         self._requests: list[RecordedRequest] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -394,6 +547,11 @@ class ScriptedLLMServer:
         with self._cond:
             self._queue.append((script, match))
 
+    def enqueue_moderation(self, script: ModerationScript, match: str | None = None) -> None:
+        """Queue ``script`` for one moderation request (with an input containing ``match``)."""
+        with self._cond:
+            self._moderation_queue.append((script, match))
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """A snapshot of the requests received so far (every path), oldest first."""
@@ -401,9 +559,12 @@ class ScriptedLLMServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget queued scripts and recorded requests."""
+        """Forget queued scripts, moderation rules and recorded requests."""
         with self._cond:
             self._queue.clear()
+            self._moderation_queue.clear()
+            # A new list, so a list a test assigned (perhaps a shared constant) is not emptied.
+            self.moderation_rules = []
             self._requests.clear()
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
@@ -499,6 +660,14 @@ class ScriptedLLMServer:
                     return script
             return self.default
 
+    def _take_moderation_script(self, inputs: list[str]) -> ModerationScript:
+        with self._cond:
+            for index, (script, match) in enumerate(self._moderation_queue):
+                if match is None or any(match in text for text in inputs):
+                    del self._moderation_queue[index]
+                    return script
+            return self.moderation_default
+
     async def _dispatch(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; return whether the connection may serve another."""
         keep_alive = request.keep_alive
@@ -517,6 +686,16 @@ class ScriptedLLMServer:
                 return keep_alive
             return await self._complete(self._take_script(payload), payload, writer, keep_alive)
 
+        if request.method == "POST" and request.path == "/v1/moderations":
+            inputs = _moderation_inputs(payload)
+            if inputs is None:
+                body = _error_body(400, "input must be a string or a list of strings")
+                writer.write(_full_response(400, body, keep_alive=keep_alive))
+                await writer.drain()
+                return keep_alive
+            script = self._take_moderation_script(inputs)
+            return await self._moderate(script, payload, inputs, writer, keep_alive)
+
         if request.method == "GET" and request.path == "/v1/models":
             models = {
                 "object": "list",
@@ -526,6 +705,35 @@ class ScriptedLLMServer:
         else:
             body = _error_body(404, f"no route for {request.method} {request.path}")
             writer.write(_full_response(404, body, keep_alive=keep_alive))
+        await writer.drain()
+        return keep_alive
+
+    async def _moderate(
+        self,
+        script: ModerationScript,
+        payload: dict[str, Any],
+        inputs: list[str],
+        writer: asyncio.StreamWriter,
+        keep_alive: bool,
+    ) -> bool:
+        if script.delay > 0:
+            await asyncio.sleep(script.delay)
+        body: dict[str, Any] | str
+        if script.body is not None:
+            body = script.body
+        elif script.status != 200:
+            body = _error_body(script.status, f"scripted {script.status} {_reason(script.status)}")
+        else:
+            with self._cond:
+                rules = list(self.moderation_rules)
+            body = {
+                "id": f"modr-{uuid.uuid4().hex[:24]}",
+                "model": payload.get("model") or "omni-moderation-latest",
+                "results": [_moderation_result(script, text, rules) for text in inputs],
+            }
+        writer.write(
+            _full_response(script.status, body, keep_alive=keep_alive, extra_headers=script.headers)
+        )
         await writer.drain()
         return keep_alive
 
@@ -575,18 +783,25 @@ class ScriptedLLMServer:
             await asyncio.sleep(script.stall_seconds)
         if script.disconnect_after is not None:
             return False  # the caller closes the socket without a response
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+        finish_reason = script.finish_reason
+        if script.tool_call is not None:
+            # Like OpenAI: a reply that is only a tool call has no content at all.
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [
+                {
+                    "id": _tool_call_id(),
+                    "type": "function",
+                    "function": {"name": script.tool_call, "arguments": script.tool_call_arguments},
+                }
+            ]
+            finish_reason = "tool_calls"
         completion: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(tokens)},
-                    "finish_reason": script.finish_reason,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         }
         if usage is not None:
             completion["usage"] = usage
@@ -638,9 +853,12 @@ class ScriptedLLMServer:
             # drain() applies backpressure and raises once the client has gone away.
             await writer.drain()
 
-        tail = encoder.event(
-            choices=[{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]
-        )
+        tail = b""
+        finish_reason = script.finish_reason
+        if script.tool_call is not None:
+            tail += encoder.tool_call(script.tool_call, script.tool_call_arguments)
+            finish_reason = "tool_calls"
+        tail += encoder.event(choices=[{"index": 0, "delta": {}, "finish_reason": finish_reason}])
         if usage is not None:
             tail += encoder.event(choices=[], usage=usage)
         writer.write(tail + _DONE_AND_END)
@@ -660,10 +878,16 @@ def main(argv: list[str] | None = None) -> int:
         "--tokens-per-second", type=float, default=0.0, help="0 streams without pauses (default)"
     )
     parser.add_argument("--reply-words", type=int, default=20)
+    parser.add_argument(
+        "--reply-sentences",
+        action="store_true",
+        help="reply with --reply-words words of support sentences instead of w0 w1 ...",
+    )
     args = parser.parse_args(argv)
 
     interval = 1.0 / args.tokens_per_second if args.tokens_per_second > 0 else 0.0
     script = Script(
+        tokens=support_reply_tokens(args.reply_words) if args.reply_sentences else None,
         first_token_delay=args.first_token_delay,
         token_interval=interval,
         reply_words=args.reply_words,

@@ -127,7 +127,7 @@ def server_env(*, database: dict, redis_url: str, llm_base_url: str, **overrides
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("LLM_", "OPENAI_", "DJANGO_SETTINGS"))
+        if not key.startswith(("LLM_", "OPENAI_", "MODERATION_", "DJANGO_SETTINGS"))
     }
     env.update(
         {

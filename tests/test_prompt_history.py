@@ -10,12 +10,18 @@ from django.conf import settings
 
 from conversations import tokens
 from conversations.models import Conversation, Message
-from conversations.prompt import build_messages
+from conversations.prompt import build_messages, system_prompt_for
 from tests.scripted_llm import Script
 from tests.visitor import run
 
 SYSTEM = "You are the Test shop's support assistant."
 MODEL = "scripted-model"  # what the servers run with (tests/stack.py)
+
+
+def system_message(site) -> dict[str, str]:
+    """What a reply sends as its system message: the site's prompt, our rules, its canary."""
+    content = system_prompt_for(site_prompt=SYSTEM, canary=site.prompt_canary, handoff_tool=False)
+    return {"role": "system", "content": content}
 
 
 def words(prefix: str, n: int) -> str:
@@ -114,7 +120,7 @@ def test_it_sends_agent_messages_as_the_assistant():
 # --- End to end --------------------------------------------------------------------------
 
 
-def test_it_sends_the_earlier_questions_and_answers_in_order(visitor, llm):
+def test_it_sends_the_earlier_questions_and_answers_in_order(visitor, llm, site):
     answers = [["Orders", " ship", " in", " 2", " days", "."], ["Returns", " are", " free", "."]]
     for answer in answers:
         llm.enqueue(Script(tokens=answer))
@@ -128,7 +134,7 @@ def test_it_sends_the_earlier_questions_and_answers_in_order(visitor, llm):
     assert [d["text"] for d in dones[:2]] == ["".join(a) for a in answers]
     assert len(llm.requests) == 3
     assert llm.requests[2]["json"]["messages"] == [
-        {"role": "system", "content": SYSTEM},
+        system_message(site),
         {"role": "user", "content": questions[0]},
         {"role": "assistant", "content": "".join(answers[0])},
         {"role": "user", "content": questions[1]},
@@ -148,7 +154,7 @@ def test_it_sends_the_earlier_questions_and_answers_in_order(visitor, llm):
     ]
 
 
-def test_it_trims_a_long_history_to_the_context_budget(visitor, llm):
+def test_it_trims_a_long_history_to_the_context_budget(visitor, llm, site):
     budget = settings.LLM_CONTEXT_TOKENS
     conversation = visitor.start()
     conversation_id = conversation["conversation"]["id"]
@@ -165,7 +171,7 @@ def test_it_trims_a_long_history_to_the_context_budget(visitor, llm):
 
     assert done["status"] == "complete" and done["text"] == "Sure."
     messages = llm.requests[-1]["json"]["messages"]
-    assert messages[0] == {"role": "system", "content": SYSTEM}
+    assert messages[0] == system_message(site)
     assert messages[-1] == {"role": "user", "content": "One more question"}
     earlier = messages[1:-1]
     assert 0 < len(earlier) < len(history)
@@ -178,7 +184,7 @@ def test_it_trims_a_long_history_to_the_context_budget(visitor, llm):
     assert stored.seq == len(history) + 2
 
 
-def test_it_does_not_send_failed_or_withdrawn_replies_back_to_the_model(visitor, llm):
+def test_it_does_not_send_failed_or_withdrawn_replies_back_to_the_model(visitor, llm, site):
     llm.enqueue(Script(tokens=["Half", " an", " answer", " that"], disconnect_after=3))
     llm.enqueue(Script(tokens=["Something", " rude", "."]))
     llm.enqueue(Script(tokens=["Fine", "."]))
@@ -202,12 +208,12 @@ def test_it_does_not_send_failed_or_withdrawn_replies_back_to_the_model(visitor,
     assert Message.objects.get(pk=second["id"]).text == "Something rude."
     assert len(llm.requests) == 3
     assert llm.requests[1]["json"]["messages"] == [
-        {"role": "system", "content": SYSTEM},
+        system_message(site),
         {"role": "user", "content": questions[0]},
         {"role": "user", "content": questions[1]},
     ]
     assert llm.requests[2]["json"]["messages"] == [
-        {"role": "system", "content": SYSTEM},
+        system_message(site),
         {"role": "user", "content": questions[0]},
         {"role": "user", "content": questions[1]},
         {"role": "user", "content": questions[2]},

@@ -7,8 +7,9 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from conversations import services
+from conversations import handoff, services
 from conversations.models import Conversation, Message
+from conversations.moderation.verdict import PASSED, Verdict
 from conversations.redis_clients import sync_redis
 from tests.scripted_llm import Script
 from tests.stack import AsgiServer
@@ -153,6 +154,8 @@ def test_a_reply_keeps_its_first_outcome(transactional_db, site):
         usage_estimated=False,
         time_to_first_token_ms=100,
         total_time_ms=500,
+        verdict=Verdict(PASSED, provider="offline"),
+        decision=handoff.NONE,
     )
     # A late second outcome (a redelivered task, a slow worker) changes nothing.
     late = services.reply_fail(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from conversations.models import Message
+from conversations.prompt import system_prompt_for
 from tests.scripted_llm import Script
 from tests.visitor import assembled, deltas_of, run
 
 
-def test_it_streams_the_models_tokens_and_stores_them_with_usage(visitor, llm):
+def test_it_streams_the_models_tokens_and_stores_them_with_usage(visitor, llm, site):
     tokens = ["Hello", "!", " How", " can", " I", " help", " you", " today", "?"]
     llm.enqueue(
         Script(
@@ -54,7 +55,9 @@ def test_it_streams_the_models_tokens_and_stores_them_with_usage(visitor, llm):
     assert request["temperature"] == 0.2 and request["max_tokens"] == 300
     assert request["messages"][0] == {
         "role": "system",
-        "content": "You are the Test shop's support assistant.",
+        "content": system_prompt_for(
+            site_prompt=site.system_prompt, canary=site.prompt_canary, handoff_tool=False
+        ),
     }
     assert request["messages"][-1] == {"role": "user", "content": "Hi, I need help with my order"}
 

@@ -170,11 +170,12 @@ def test_it_numbers_messages_and_status_changes_without_gaps_and_stops_the_bot_o
     status = [e for e in events if e["type"] == "status"]
     assert status == [{"type": "status", "status": "waiting", "seq": 3}]
     seqs = [seq for seq in map(_seq_of, events) if seq is not None]
-    assert seqs == [1, 2, 3, 4]
+    # 4: the system message telling the visitor a person will take over.
+    assert seqs == [1, 2, 3, 4, 5]
 
-    assert stored_seqs(conversation_id) == [1, 2, 3, 4]
+    assert stored_seqs(conversation_id) == [1, 2, 3, 4, 5]
     stored = Conversation.objects.get(pk=conversation_id)
-    assert stored.seq == 4 and stored.status == Conversation.Status.WAITING
+    assert stored.seq == 5 and stored.status == Conversation.Status.WAITING
     assert stored.handoff_requested
     assert list(StatusChange.objects.filter(conversation=stored).values_list("seq", "status")) == [
         (3, "waiting")
@@ -182,20 +183,23 @@ def test_it_numbers_messages_and_status_changes_without_gaps_and_stops_the_bot_o
     assert list(Ticket.objects.filter(conversation=stored).values_list("subject", flat=True)) == [
         "hello"
     ]
-    late = Message.objects.get(conversation=stored, seq=4)
+    notice = Message.objects.get(conversation=stored, seq=4)
+    assert notice.role == Message.Role.SYSTEM and notice.text == stored.site.handoff_notice
+    late = Message.objects.get(conversation=stored, seq=5)
     assert late.role == Message.Role.VISITOR and not Message.objects.filter(reply_to=late).exists()
     assert len(llm.requests) == 1
 
     listing = visitor.messages(conversation_id).json()
-    assert listing["status"] == "waiting" and listing["last_seq"] == 4
-    assert [m["seq"] for m in listing["messages"]] == [1, 2, 4]
+    assert listing["status"] == "waiting" and listing["last_seq"] == 5
+    assert [m["seq"] for m in listing["messages"]] == [1, 2, 4, 5]
     ready, replay = _resume(visitor, conversation, last_seq=0)
-    assert ready["conversation"]["status"] == "waiting" and ready["last_seq"] == 4
+    assert ready["conversation"]["status"] == "waiting" and ready["last_seq"] == 5
     assert [(e["type"], _seq_of(e)) for e in replay] == [
         ("message", 1),
         ("message", 2),
         ("status", 3),
         ("message", 4),
+        ("message", 5),
     ]
 
 

@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.scripted_llm import Script, ScriptedLLMServer, default_reply_tokens
+from tests.scripted_llm import (
+    CLEAN_SCORE,
+    FLAGGED_SCORE,
+    MODERATION_CATEGORIES,
+    ModerationScript,
+    Script,
+    ScriptedLLMServer,
+    default_reply_tokens,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,6 +339,204 @@ def test_models_404_and_bad_json(llm: ScriptedLLMServer) -> None:
     assert missing.status_code == 404
     assert bad.status_code == 400
     assert "error" in bad.json()
+
+
+def tool_call_deltas(events: Iterable[str]) -> list[dict[str, Any]]:
+    """The ``tool_calls`` entries of parsed chunk events, in order."""
+    calls = []
+    for event in events:
+        if event == "[DONE]":
+            continue
+        for choice in json.loads(event)["choices"]:
+            calls += choice["delta"].get("tool_calls", [])
+    return calls
+
+
+def test_streamed_tool_call_follows_the_content(llm: ScriptedLLMServer) -> None:
+    arguments = '{"reason": "wants a person"}'
+    llm.default = Script(
+        tokens=["One", " moment"],
+        tool_call="handoff_to_human",
+        tool_call_arguments=arguments,
+        finish_reason="length",
+    )
+    events = stream_events(llm, chat_body(include_usage=True))
+    assert events[-1] == "[DONE]"
+    assert contents(events) == ["One", " moment"]
+    deltas = tool_call_deltas(events)
+    opening, *pieces = deltas
+    assert opening["index"] == 0
+    assert opening["id"].startswith("call_")
+    assert opening["type"] == "function"
+    assert opening["function"] == {"name": "handoff_to_human", "arguments": ""}
+    assert 1 <= len(pieces) <= 2
+    assert all(set(p) == {"index", "function"} and p["index"] == 0 for p in pieces)
+    assert "".join(p["function"]["arguments"] for p in pieces) == arguments
+
+    chunks = [json.loads(e) for e in events[:-1]]
+    with_choices = [c for c in chunks if c["choices"]]
+    # The tool call comes after every content chunk; the last chunk finishes with it.
+    content_at = max(
+        i for i, c in enumerate(with_choices) if c["choices"][0]["delta"].get("content")
+    )
+    call_at = min(i for i, c in enumerate(with_choices) if "tool_calls" in c["choices"][0]["delta"])
+    assert content_at < call_at
+    finishes = [c["choices"][0]["finish_reason"] for c in with_choices]
+    assert finishes[-1] == "tool_calls"
+    assert all(reason is None for reason in finishes[:-1])
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_streamed_tool_call_without_content_or_arguments(llm: ScriptedLLMServer) -> None:
+    llm.default = Script(tokens=[], tool_call="lookup", tool_call_arguments="")
+    events = stream_events(llm, chat_body())
+    assert contents(events) == []
+    opening, *pieces = tool_call_deltas(events)
+    assert opening["function"]["name"] == "lookup"
+    assert [p["function"]["arguments"] for p in pieces] == [""]
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_non_streamed_tool_call(llm: ScriptedLLMServer) -> None:
+    llm.enqueue(Script(tokens=[], tool_call="handoff_to_human", tool_call_arguments='{"a":1}'))
+    llm.enqueue(Script(tokens=["Sure."], tool_call="lookup"))
+    with httpx.Client(base_url=llm.base_url) as http:
+        bare = http.post("/chat/completions", json=chat_body(stream=False)).json()
+        mixed = http.post("/chat/completions", json=chat_body(stream=False)).json()
+    (choice,) = bare["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["id"].startswith("call_")
+    assert call["type"] == "function"
+    assert call["function"] == {"name": "handoff_to_human", "arguments": '{"a":1}'}
+    assert mixed["choices"][0]["message"]["content"] == "Sure."
+    assert mixed["choices"][0]["message"]["tool_calls"][0]["function"] == {
+        "name": "lookup",
+        "arguments": "{}",
+    }
+    assert mixed["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def moderate(server: ScriptedLLMServer, text: str | list[str], **json_extra: Any) -> httpx.Response:
+    body = {"model": "omni-moderation-latest", "input": text, **json_extra}
+    return httpx.post(f"{server.base_url}/moderations", json=body, timeout=10)
+
+
+def test_moderation_passes_by_default_in_openai_shape(llm: ScriptedLLMServer) -> None:
+    response = moderate(llm, "where is my parcel?", model="my-moderator")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    answer = response.json()
+    assert answer["id"].startswith("modr-")
+    assert answer["model"] == "my-moderator"
+    (result,) = answer["results"]
+    assert result["flagged"] is False
+    assert result["categories"] == dict.fromkeys(MODERATION_CATEGORIES, False)
+    assert result["category_scores"] == dict.fromkeys(MODERATION_CATEGORIES, CLEAN_SCORE)
+
+    (recorded,) = llm.requests
+    assert recorded["method"] == "POST"
+    assert recorded["path"] == "/v1/moderations"
+    assert recorded["json"] == {"model": "my-moderator", "input": "where is my parcel?"}
+
+
+def test_moderation_script_flags_and_scores(llm: ScriptedLLMServer) -> None:
+    llm.enqueue_moderation(
+        ModerationScript(
+            flagged_categories=["violence", "custom/category"],
+            scores={"violence": 0.97, "hate": 0.2},
+        )
+    )
+    (result,) = moderate(llm, "anything").json()["results"]
+    assert result["flagged"] is True
+    assert {name for name, hit in result["categories"].items() if hit} == {
+        "violence",
+        "custom/category",
+    }
+    assert set(MODERATION_CATEGORIES) <= set(result["categories"])
+    assert result["category_scores"]["violence"] == 0.97
+    assert result["category_scores"]["hate"] == 0.2
+    assert result["category_scores"]["custom/category"] == FLAGGED_SCORE
+    assert result["category_scores"]["sexual"] == CLEAN_SCORE
+    # One-shot: the default answers the next request.
+    assert moderate(llm, "anything").json()["results"][0]["flagged"] is False
+
+
+def test_moderation_match_fifo_and_default(llm: ScriptedLLMServer) -> None:
+    llm.enqueue_moderation(ModerationScript(flagged_categories=["hate"]), match="alpha")
+    llm.enqueue_moderation(ModerationScript(flagged_categories=["sexual"]))
+    llm.enqueue_moderation(ModerationScript(flagged_categories=["illicit"]))
+    llm.moderation_default = ModerationScript(flagged_categories=["violence"])
+
+    def flagged(text: str) -> list[str]:
+        (result,) = moderate(llm, text).json()["results"]
+        return [name for name, hit in result["categories"].items() if hit]
+
+    # The first unmatched script answers "gamma"; the "alpha" one waits for its input.
+    assert flagged("gamma") == ["sexual"]
+    assert flagged("about alpha") == ["hate"]
+    assert flagged("delta") == ["illicit"]
+    assert flagged("epsilon") == ["violence"]
+
+
+def test_moderation_rules_persist_until_clear(llm: ScriptedLLMServer) -> None:
+    llm.moderation_rules.append(("BADWORD", ["harassment"]))
+    llm.moderation_rules.append(("kill", ["violence", "harassment"]))
+    llm.enqueue_moderation(ModerationScript(flagged_categories=["hate"]))
+
+    results = moderate(llm, ["fine", "a BADWORD", "BADWORD, kill"]).json()["results"]
+    hits = [sorted(n for n, hit in r["categories"].items() if hit) for r in results]
+    # One result per input; the queued script applies to every input of its request.
+    assert hits == [["hate"], ["harassment", "hate"], ["harassment", "hate", "violence"]]
+    assert [r["flagged"] for r in results] == [True, True, True]
+
+    for _ in range(2):
+        (result,) = moderate(llm, "BADWORD again").json()["results"]
+        assert result["flagged"] is True
+        assert result["categories"]["harassment"] is True
+        assert result["category_scores"]["harassment"] == FLAGGED_SCORE
+    assert moderate(llm, "clean").json()["results"][0]["flagged"] is False
+
+    llm.enqueue_moderation(ModerationScript(flagged_categories=["hate"]))
+    llm.clear()
+    assert llm.moderation_rules == []
+    assert llm.requests == []
+    assert moderate(llm, "BADWORD").json()["results"][0]["flagged"] is False
+
+
+def test_moderation_errors_delay_and_verbatim_bodies(llm: ScriptedLLMServer) -> None:
+    llm.enqueue_moderation(ModerationScript(status=429, headers={"Retry-After": "2"}))
+    llm.enqueue_moderation(ModerationScript(status=503))
+    llm.enqueue_moderation(ModerationScript(body="{not json", headers={"X-Test": "1"}))
+    llm.enqueue_moderation(ModerationScript(body={"results": "nope"}))
+    llm.enqueue_moderation(ModerationScript(delay=0.3))
+
+    limited = moderate(llm, "x")
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "2"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    unavailable = moderate(llm, "x")
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"]["type"] == "server_error"
+    broken = moderate(llm, "x")
+    assert broken.status_code == 200
+    assert broken.text == "{not json"
+    assert broken.headers["x-test"] == "1"
+    assert moderate(llm, "x").json() == {"results": "nope"}
+    started = time.monotonic()
+    assert moderate(llm, "x").json()["results"][0]["flagged"] is False
+    assert time.monotonic() - started >= 0.3
+
+
+def test_moderation_rejects_bad_input(llm: ScriptedLLMServer) -> None:
+    with httpx.Client(base_url=llm.base_url) as http:
+        missing = http.post("/moderations", json={"model": "m"})
+        numbers = http.post("/moderations", json={"model": "m", "input": [1, 2]})
+        bad_json = http.post("/moderations", content=b"{nope")
+    assert [r.status_code for r in (missing, numbers, bad_json)] == [400, 400, 400]
+    assert "error" in missing.json()
+    assert len(llm.requests) == 3
 
 
 def raw_exchange(port: int, request: bytes, until: bytes) -> bytes:

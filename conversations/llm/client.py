@@ -43,6 +43,8 @@ class ChatRequest:
     messages: list[dict[str, str]]
     temperature: float
     max_tokens: int
+    # Function tools offered to the model (OpenAI's `tools`); None offers none.
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ChatResult:
     attempts: int = 0
     malformed_chunks: int = 0
     pieces: list[str] = field(default_factory=list)
+    # Names of the tools the model called.
+    tool_calls: list[str] = field(default_factory=list)
 
 
 class _Retry(Exception):
@@ -133,6 +137,9 @@ class LLMClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if request.tools:
+            body["tools"] = request.tools
+            body["tool_choice"] = "auto"
         started = time.monotonic()
         result = ChatResult()
         for attempt in range(self.max_retries + 1):
@@ -246,12 +253,17 @@ class LLMClient:
                 if not isinstance(choice, dict):
                     continue
                 delta = choice.get("delta") or {}
-                piece = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(piece, str) and piece:
+                if not isinstance(delta, dict):
+                    continue
+                piece = delta.get("content")
+                names = _tool_names(delta.get("tool_calls"))
+                if (isinstance(piece, str) and piece) or names:
                     if result.time_to_first_token is None:
                         result.time_to_first_token = time.monotonic() - started
                         # From here on, only the per-read timeout applies.
                         first_token_deadline.reschedule(None)
+                result.tool_calls.extend(names)
+                if isinstance(piece, str) and piece:
                     result.pieces.append(piece)
                     on_piece(piece)
                 if choice.get("finish_reason"):
@@ -259,6 +271,19 @@ class LLMClient:
         if not done and result.finish_reason is None:
             raise httpx.RemoteProtocolError("stream ended without [DONE]")
         result.text = "".join(result.pieces)
+
+
+def _tool_names(calls: object) -> list[str]:
+    """Tool names in a streamed delta (a name arrives once, in a call's first chunk)."""
+    if not isinstance(calls, list):
+        return []
+    names = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and 0 < len(name) <= 64:
+            names.append(name)
+    return names
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

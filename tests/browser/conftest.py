@@ -160,6 +160,10 @@ def demo_site(stack):
         system_prompt="You are the Demo shop's support assistant.",
         temperature=0.2,
         max_tokens=300,
+        # Token-by-token streaming (moderated at the end): these tests watch a reply
+        # grow and a restart land mid-reply. test_moderation.py covers gate mode.
+        moderation_mode=Site.ModerationMode.AFTER,
+        moderation_provider=Site.ModerationProvider.OFFLINE,
     )
 
 
