@@ -62,6 +62,8 @@ BENCH_SERVER_SETTINGS = {
 
 SETUP_PARALLELISM = 25  # conversations created / sockets opened at once (untimed)
 
+QUESTION = "Hello, where is my order?"  # every visitor's one message
+
 
 # --- Measurements -----------------------------------------------------------------
 
@@ -161,9 +163,7 @@ async def _open(url: str, origin: str | None, token: str | None) -> ClientConnec
 async def _converse(ws: ClientConnection, go: asyncio.Event, sample: Sample, timeout: float):
     await go.wait()
     sample.client_id = str(uuid.uuid4())
-    frame = json.dumps(
-        {"type": "message", "text": "Hello, where is my order?", "client_id": sample.client_id}
-    )
+    frame = json.dumps({"type": "message", "text": QUESTION, "client_id": sample.client_id})
     sample.wall_send = time.time()
     sample.t_send = time.perf_counter()
     await ws.send(frame)
@@ -264,8 +264,8 @@ def load_stored(db_url: str, result: Round) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         for row in conn.execute(
             "SELECT id, text, status, extract(epoch FROM created_at), "
-            "time_to_first_token_ms, total_time_ms, extract(epoch FROM completed_at) "
-            "FROM conversations_message WHERE id = ANY(%s)",
+            "time_to_first_token_ms, total_time_ms, extract(epoch FROM completed_at), "
+            "moderation FROM conversations_message WHERE id = ANY(%s)",
             [reply_ids],
         ):
             result.stored[str(row[0])] = {
@@ -275,13 +275,14 @@ def load_stored(db_url: str, result: Round) -> None:
                 "ttft_ms": row[4],
                 "total_ms": row[5],
                 "completed": float(row[6]) if row[6] is not None else None,
+                "moderation": row[7],
             }
         for row in conn.execute(
-            "SELECT client_id, extract(epoch FROM created_at) FROM conversations_message "
-            "WHERE client_id = ANY(%s)",
+            "SELECT client_id, extract(epoch FROM created_at), moderation "
+            "FROM conversations_message WHERE client_id = ANY(%s)",
             [client_ids],
         ):
-            result.visitor_rows[row[0]] = {"created": float(row[1])}
+            result.visitor_rows[row[0]] = {"created": float(row[1]), "moderation": row[2]}
 
 
 # --- Reporting ----------------------------------------------------------------------
@@ -518,6 +519,65 @@ def bench_database(server_url: str, name: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def start_model(args: argparse.Namespace, log_dir: Path, *extra: str) -> LineChild:
+    """The scripted model server, paced by --first-token-delay and --tokens-per-second."""
+    return LineChild(
+        "scripted-llm",
+        [
+            sys.executable, "-m", "tests.scripted_llm", "--port", "0",
+            "--first-token-delay", str(args.first_token_delay),
+            "--tokens-per-second", str(args.tokens_per_second),
+            "--reply-words", str(args.reply_words), *extra,
+        ],
+        dict(os.environ),
+        log_dir,
+    )  # fmt: skip
+
+
+def background_load(seconds: float = 3.0) -> float:
+    """Share of all cores busy over `seconds` while the started stack idles.
+
+    What the rest of the machine is doing (other users' tests, builds): a busy
+    machine inflates every figure, mostly the product's.
+    """
+    busy_before = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - busy_before) / (seconds * (os.cpu_count() or 1))
+
+
+def header_line(
+    args: argparse.Namespace,
+    started: datetime.datetime,
+    background: float,
+    concurrency: int,
+    title: str = "benchmark",
+) -> str:
+    return (
+        f"{title} {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
+        f"(background load before the run: {background * 100:.0f}% of them), "
+        f"python {platform.python_version()}; model: first token "
+        f"{args.first_token_delay * 1000:.0f} ms, {args.tokens_per_second:g} tokens/s, "
+        f"{args.reply_words} tokens per reply; worker concurrency {concurrency}"
+    )
+
+
+def report_server_problems(workers: list[stack.CeleryWorker], asgi: stack.AsgiServer) -> None:
+    """Dead servers and error lines in the workers' logs, on stderr."""
+    for child in (*workers, asgi):
+        if not child.alive():
+            print(f"{child.name} died:\n{child.log()[-3000:]}", file=sys.stderr)
+    tail = "".join(w.log()[-200_000:] for w in workers)
+    problems = [
+        line
+        for line in tail.splitlines()
+        if "ERROR" in line or "CRITICAL" in line or "Traceback" in line
+    ]
+    if problems:
+        print(f"worker logged {len(problems)} error lines, e.g.:", file=sys.stderr)
+        for line in problems[:5]:
+            print("  " + line, file=sys.stderr)
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
@@ -684,21 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     children: list = []
     with stack.log_dir() as logs, bench_database(args.database_url, db_name) as db_url:
         try:
-            llm = LineChild(
-                "scripted-llm",
-                [
-                    sys.executable, "-m", "tests.scripted_llm", "--port", "0",
-                    "--first-token-delay", str(args.first_token_delay),
-                    "--tokens-per-second", str(args.tokens_per_second),
-                    "--reply-words", str(args.reply_words),
-                ],
-                dict(os.environ),
-                logs,
-            )  # fmt: skip
+            llm = start_model(args, logs)
             children.append(llm)
             extra = dict(item.split("=", 1) for item in args.set)
             env = stack.server_env(
-                database=_django_db(db_url),
+                database=django_database(db_url),
                 redis_url=args.redis_url,
                 llm_base_url=llm.url,
                 REPLY_CONCURRENCY=str(concurrency),
@@ -721,20 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                 logs,
             )
             children.append(relay)
-            # What the rest of the machine is doing (other users' tests, builds) while
-            # this stack idles: a busy machine inflates every figure, mostly the product's.
-            busy_before = machine_busy_seconds()
-            time.sleep(3.0)
-            background = (machine_busy_seconds() - busy_before) / (3.0 * (os.cpu_count() or 1))
-            print(
-                f"benchmark {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
-                f"(background load before the run: {background * 100:.0f}% of them), "
-                f"python {platform.python_version()}; model: first token "
-                f"{args.first_token_delay * 1000:.0f} ms, {args.tokens_per_second:g} tokens/s, "
-                f"{args.reply_words} tokens per reply; worker concurrency {concurrency}",
-                flush=True,
-            )
-            summaries, breakdowns = _run_loop(
+            background = background_load()
+            print(header_line(args, started, background, concurrency), flush=True)
+            summaries, breakdowns = run_loop(
                 measure(
                     args,
                     ns,
@@ -752,19 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                 )
             )
-            for child in (*workers, asgi):
-                if not child.alive():
-                    print(f"{child.name} died:\n{child.log()[-3000:]}", file=sys.stderr)
-            tail = "".join(w.log()[-200_000:] for w in workers)
-            problems = [
-                line
-                for line in tail.splitlines()
-                if "ERROR" in line or "CRITICAL" in line or "Traceback" in line
-            ]
-            if problems:
-                print(f"worker logged {len(problems)} error lines, e.g.:", file=sys.stderr)
-                for line in problems[:5]:
-                    print("  " + line, file=sys.stderr)
+            report_server_problems(workers, asgi)
         finally:
             for child in reversed(children):
                 with contextlib.suppress(Exception):
@@ -776,13 +803,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if passed else 1
 
 
-def _django_db(url: str) -> dict:
+def django_database(url: str) -> dict:
     from supportbot.env import database_from_url
 
     return database_from_url("DATABASE_URL", url)
 
 
-def _run_loop(coro):
+def run_loop(coro):
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -19,10 +20,12 @@ from tests.scripted_llm import (
     CLEAN_SCORE,
     FLAGGED_SCORE,
     MODERATION_CATEGORIES,
+    SUPPORT_REPLY_SENTENCES,
     ModerationScript,
     Script,
     ScriptedLLMServer,
     default_reply_tokens,
+    support_reply_tokens,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -591,19 +594,11 @@ def test_oversized_body_is_rejected_with_413(llm: ScriptedLLMServer) -> None:
     assert b"Connection: close" in received
 
 
-def test_command_line_server() -> None:
+@contextlib.contextmanager
+def command_line_server(*flags: str) -> Iterator[str]:
+    """``python -m tests.scripted_llm --port 0 FLAGS``; yields its base URL."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.scripted_llm",
-            "--port",
-            "0",
-            "--tokens-per-second",
-            "200",
-            "--reply-words",
-            "5",
-        ],
+        [sys.executable, "-m", "tests.scripted_llm", "--port", "0", *flags],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -614,12 +609,42 @@ def test_command_line_server() -> None:
         word, base_url = line.split(" ")
         assert word == "ready"
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
-        with httpx.Client(base_url=base_url) as http:
-            with http.stream("POST", "/chat/completions", json=chat_body()) as response:
-                assert contents(sse_data(response.iter_lines())) == default_reply_tokens(5)
+        yield base_url
         process.terminate()
         assert process.wait(timeout=5) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def streamed_contents(base_url: str) -> list[str]:
+    with httpx.Client(base_url=base_url) as http:
+        with http.stream("POST", "/chat/completions", json=chat_body()) as response:
+            return contents(sse_data(response.iter_lines()))
+
+
+def test_command_line_server() -> None:
+    with command_line_server("--tokens-per-second", "200", "--reply-words", "5") as base_url:
+        assert streamed_contents(base_url) == default_reply_tokens(5)
+
+
+def test_command_line_reply_sentences() -> None:
+    flags = ("--tokens-per-second", "500", "--reply-words", "30", "--reply-sentences")
+    with command_line_server(*flags) as base_url:
+        tokens = streamed_contents(base_url)
+    assert tokens == support_reply_tokens(30)
+    text = "".join(tokens)
+    # Words, one per token, from the support sentences, cut to end like a sentence.
+    assert len(tokens) == 30 and all(t.startswith(" ") for t in tokens[1:])
+    assert text.startswith(SUPPORT_REPLY_SENTENCES[0] + " I can see")
+    assert text.endswith(".")
+
+
+def test_support_reply_tokens_cover_the_sentences_and_repeat() -> None:
+    whole = " ".join(SUPPORT_REPLY_SENTENCES)
+    assert "".join(support_reply_tokens(len(whole.split()))) == whole
+    assert "".join(support_reply_tokens(3)) == "Thanks for getting."
+    longer = "".join(support_reply_tokens(len(whole.split()) + 2))
+    assert longer == whole + " Thanks for."
+    assert support_reply_tokens(0) == []

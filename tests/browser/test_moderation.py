@@ -64,9 +64,7 @@ def _open_demo(page, stack) -> Widget:
 
 
 def _seen(page) -> list[dict]:
-    r = page.evaluate("() => window.__seen")
-    print("SEEN", len(r)); [print(" ", x["assistant"]) for x in r]
-    return r
+    return page.evaluate("() => window.__seen")
 
 
 def _shadow_text(page) -> str:
