@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 # RFC 6455 "Try Again Later": the server could not complete the hello.
 CLOSE_TRY_AGAIN = 1013
+TYPING_REPEAT_SECONDS = 3.0
 
 
 def database_sync_to_async(func):
@@ -120,6 +121,7 @@ class VisitorConsumer(AsyncWebsocketConsumer):
                 "message": self._message,
                 "handoff": self._handoff,
                 "ping": self._ping,
+                "typing": self._typing,
                 "hello": self._hello_again,
             }.get(frame["type"])
             if handler is None:
@@ -275,11 +277,27 @@ class VisitorConsumer(AsyncWebsocketConsumer):
     async def _ping(self, frame: dict[str, Any]) -> None:
         await self._send({"type": "pong"})
 
+    async def _typing(self, frame: dict[str, Any]) -> None:
+        """The visitor is typing (extension): shown to the agent's console."""
+        on = frame.get("on")
+        if not isinstance(on, bool):
+            raise frames.FrameError("bad_request", "`on` must be true or false.")
+        # At most one broadcast per state change or per few seconds: a client
+        # sending one per keystroke costs nothing more.
+        now = asyncio.get_running_loop().time()
+        last_on, last_at = getattr(self, "_typing_sent", (None, 0.0))
+        if on == last_on and now - last_at < TYPING_REPEAT_SECONDS:
+            return
+        self._typing_sent = (on, now)
+        await events.asend(self.conversation_id, {"type": "typing", "role": "visitor", "on": on})
+
     # --- Group events ------------------------------------------------------------
 
     async def conversation_event(self, message: dict[str, Any]) -> None:
         event = message["event"]
         kind = event.get("type")
+        if kind == "typing" and event.get("role") == "visitor":
+            return  # for the agents' consoles, not for the visitor's own sockets
         if kind == "delta":
             # A reply replayed in final form already has all its text.
             if event["message_id"] in self.final_in_snapshot:

@@ -16,7 +16,7 @@ from django.db import transaction
 
 from conversations import background_loop, stream_state
 from conversations.models import Conversation, Message, StatusChange, Ticket
-from conversations.serializers import message_dict, status_event
+from conversations.serializers import message_dict, note_dict, queue_event, status_event
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def reply_finished_on_commit(reply: Message, *, error_detail: str | None = None)
         {"type": "done", "message": message_dict(reply)},
         {"type": "typing", "role": "assistant", "on": False},
     ]
-    if reply.status == Message.Status.FAILED:
+    # A reply cut short because a person took over is not an error to report.
+    if reply.status == Message.Status.FAILED and reply.error_code != "taken_over":
         events.append(
             {
                 "type": "error",
@@ -152,27 +153,19 @@ def reply_withdrawn_on_commit(reply: Message) -> None:
     )
 
 
-def queue_on_commit(conversation: Conversation, ticket: Ticket, *, action: str) -> None:
-    """Tell agents' consoles that a conversation needs a person (or more urgently)."""
+def queue_on_commit(conversation: Conversation, ticket: Ticket | None, *, action: str) -> None:
+    """Tell agents' consoles that a conversation changed in the queue: it needs a
+    person, more urgently, someone took it, it went back to the bot or closed."""
+    send_on_commit(conversation.pk, queue_event(conversation, ticket, action=action))
+
+
+def note_on_commit(note) -> None:
+    """Internal notes go to agents only, never to the conversation's group."""
     send_on_commit(
-        conversation.pk,
-        {
-            "type": "queue",
-            "action": action,
-            "conversation": {
-                "id": str(conversation.pk),
-                "site": conversation.site_id,
-                "status": conversation.status,
-                "handoff_reason": conversation.handoff_reason,
-            },
-            "ticket": {
-                "id": ticket.pk,
-                "status": ticket.status,
-                "priority": ticket.priority,
-                "reason": ticket.reason,
-            },
-        },
-    )
+        note.conversation_id,
+        {"type": "queue", "action": "note", "note": note_dict(note),
+         "conversation": {"id": str(note.conversation_id)}},
+    )  # fmt: skip
 
 
 async def send_delta(conversation_id: object, message_id: int, index: int, text: str) -> None:

@@ -178,6 +178,14 @@ class Conversation(models.Model):
     handoff_reason = models.CharField(max_length=200, blank=True)
     # Any message of this conversation was flagged by moderation.
     moderation_flagged = models.BooleanField(default=False)
+    # The person answering (status `agent`); claimed with a conditional update.
+    assigned_agent = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="assigned_conversations",
+    )
     # The last seq handed out; incremented in the same transaction as each event.
     seq = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -227,6 +235,14 @@ class Message(models.Model):
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="reply"
     )
     sources = models.JSONField(default=list, blank=True)
+    # The person who wrote an agent message.
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     error_code = models.CharField(max_length=40, blank=True)
 
     moderation = models.CharField(
@@ -331,3 +347,23 @@ class Ticket(models.Model):
 
     def __str__(self) -> str:
         return self.subject
+
+
+class InternalNote(models.Model):
+    """Staff-only text about a conversation; never sent to a visitor or a model."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="notes")
+    ticket = models.ForeignKey(
+        Ticket, null=True, blank=True, on_delete=models.SET_NULL, related_name="notes"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"note by {self.author} at {self.created_at:%Y-%m-%d %H:%M}"

@@ -78,7 +78,7 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
     site = conversation.site
     moderator = moderation.moderator_for(site)
     verdict, decision = _visitor_message_checked(question, moderator)
-    if not services.bot_answers(conversation):
+    if not services.bot_answers_question(question, conversation):
         if decision.requested:
             # A person has it already: a more urgent reason still raises the ticket.
             services.conversation_handoff(conversation_id=conversation.pk, decision=decision)
@@ -328,7 +328,8 @@ def _store(
         logger.warning("reply %s failed: %s (%s)", reply.pk, outcome.error, outcome.error.code)
         decision = (
             handoff.Decision(handoff.TWO_FAILURES)
-            if selectors.previous_reply_failed(reply.conversation_id, reply.seq)
+            if outcome.error.code != "taken_over"
+            and selectors.previous_reply_failed(reply.conversation_id, reply.seq)
             else handoff.NONE
         )
         stored = services.reply_fail(
@@ -470,6 +471,11 @@ async def relay(
         return outcome(result, None)
     except LLMError as error:
         return outcome(None, error)
+    except stream_state.Cancelled:
+        producer.cancel()
+        return outcome(
+            None, LLMError("taken_over", "a person took the conversation over", permanent=True)
+        )
     except TimeoutError:
         producer.cancel()
         return outcome(

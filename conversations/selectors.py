@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conversations import visitors
-from conversations.models import Conversation, Message, Site, StatusChange
+from conversations.models import Conversation, InternalNote, Message, Site, StatusChange, Ticket
 from conversations.text import storable
 
 
@@ -118,3 +118,98 @@ def previous_reply_failed(conversation_id: object, seq: int) -> bool:
         .first()
     )
     return status == Message.Status.FAILED
+
+
+# --- Staff reads (the agent console) --------------------------------------------------
+
+QUEUE_LIMIT = 200
+
+
+def agent_queue(limit: int = QUEUE_LIMIT) -> list[dict]:
+    """Conversations a person should see: waiting ones and those agents hold.
+
+    Waiting first, most urgent ticket first, then newest; each as a queue item.
+    """
+    from conversations.serializers import queue_event
+
+    conversations = list(
+        Conversation.objects.filter(
+            status__in=[Conversation.Status.WAITING, Conversation.Status.AGENT]
+        )
+        .select_related("site", "assigned_agent")
+        .order_by("-updated_at")[:limit]
+    )
+    tickets = _latest_tickets([c.pk for c in conversations])
+    items = []
+    for conversation in conversations:
+        event = queue_event(conversation, tickets.get(conversation.pk), action="listed")
+        items.append({**event["conversation"], "ticket": event["ticket"]})
+    return sorted(items, key=queue_order)
+
+
+def queue_order(item: dict) -> tuple:
+    """Waiting before held; urgent before normal; newest first."""
+    ticket = item.get("ticket") or {}
+    return (
+        item["status"] != Conversation.Status.WAITING,
+        -(ticket.get("priority") or 0),
+        -_timestamp(item["updated_at"]),
+    )
+
+
+def _timestamp(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _latest_tickets(conversation_ids: list) -> dict:
+    latest: dict = {}
+    for ticket in Ticket.objects.filter(conversation_id__in=conversation_ids).order_by(
+        "created_at"
+    ):
+        latest[ticket.conversation_id] = ticket
+    return latest
+
+
+def agent_thread(conversation_id: object) -> dict | None:
+    """Everything the console shows about one conversation, for staff only."""
+    from conversations.serializers import note_dict, queue_event, staff_message_dict
+
+    conversation = (
+        Conversation.objects.select_related("site", "assigned_agent")
+        .filter(pk=conversation_id)
+        .first()
+    )
+    if conversation is None:
+        return None
+    ticket = conversation.tickets.order_by("-created_at").first()
+    summary = queue_event(conversation, ticket, action="opened")
+    messages = Message.objects.filter(conversation=conversation).select_related("author")
+    changes = StatusChange.objects.filter(conversation=conversation).select_related("actor")
+    return {
+        "conversation": summary["conversation"],
+        "ticket": summary["ticket"],
+        "last_seq": conversation.seq,
+        "messages": [staff_message_dict(m) for m in messages.order_by("seq")],
+        "status_changes": [
+            {
+                "seq": c.seq,
+                "status": c.status,
+                "reason": c.reason,
+                "actor": (c.actor.get_full_name() or c.actor.get_username()) if c.actor else None,
+                "created_at": c.created_at.isoformat(),
+            }
+            for c in changes.order_by("seq")
+        ],
+        "notes": [
+            note_dict(n)
+            for n in InternalNote.objects.filter(conversation=conversation).select_related("author")
+        ],
+    }
+
+
+def held_by(conversation_id: object, user_id: int) -> bool:
+    return Conversation.objects.filter(
+        pk=conversation_id, status=Conversation.Status.AGENT, assigned_agent_id=user_id
+    ).exists()

@@ -106,12 +106,30 @@ def bot_answers(conversation: Conversation) -> bool:
     )
 
 
+def bot_answers_question(question: Message, conversation: Conversation) -> bool:
+    """Whether the bot answers this visitor message: it answers the conversation now,
+    and did when the message was sent (a message written to a person is not
+    answered by the bot because the person handed back before the worker ran)."""
+    if not bot_answers(conversation):
+        return False
+    then = (
+        StatusChange.objects.filter(conversation_id=conversation.pk, seq__lt=question.seq)
+        .order_by("-seq")
+        .values_list("status", flat=True)
+        .first()
+    )
+    if then is None or then == Conversation.Status.BOT:
+        return True
+    return then == Conversation.Status.WAITING and conversation.site.bot_answers_while_waiting
+
+
 def message_resend(*, message: Message) -> StoredMessage:
     """A client_id sent again: the stored message, and a second chance for its
     processing if queueing it failed the first time (the task is idempotent)."""
     conversation = Conversation.objects.select_related("site").get(pk=message.conversation_id)
     due = message.moderation == Message.Moderation.PENDING or (
-        not Message.objects.filter(reply_to=message).exists() and bot_answers(conversation)
+        not Message.objects.filter(reply_to=message).exists()
+        and bot_answers_question(message, conversation)
     )
     queued = _queue_reply(message.pk) if due else True
     return StoredMessage(message, created=False, reply_queued=queued)
@@ -284,7 +302,7 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
                 existing.text = stream_state.text_so_far(existing.pk)
                 _reply_close(existing, status=Message.Status.FAILED, error_code="worker_lost")
             return None
-        if not bot_answers(question.conversation):
+        if not bot_answers_question(question, question.conversation):
             return None
         seq, status = _next_seq(question.conversation_id)
         question.conversation.status = status

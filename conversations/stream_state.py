@@ -15,8 +15,20 @@ def _keys(message_id: int) -> tuple[str, str]:
     return f"reply:{message_id}:text", f"reply:{message_id}:next"
 
 
-# One round trip per delta instead of a MULTI pipeline's six commands.
+def _cancel_key(message_id: int) -> str:
+    return f"reply:{message_id}:cancel"
+
+
+class Cancelled(Exception):
+    """A person took the conversation over (or closed it): the reply must stop."""
+
+
+# One round trip per delta instead of a MULTI pipeline's six commands. A reply whose
+# conversation a person took over records nothing more (and so sends nothing more).
 _RECORD = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
 redis.call('APPEND', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -26,11 +38,25 @@ return 1
 
 
 async def record_delta(message_id: int, index: int, text: str) -> None:
+    """Append a delta to the snapshot; raises Cancelled if the reply was stopped."""
     client = async_redis()
     script = _scripts.get(id(client))
     if script is None:
         script = _scripts[id(client)] = client.register_script(_RECORD)
-    await script(keys=list(_keys(message_id)), args=[text.encode(), index + 1, _TTL_SECONDS])
+    recorded = await script(
+        keys=[*_keys(message_id), _cancel_key(message_id)],
+        args=[text.encode(), index + 1, _TTL_SECONDS],
+    )
+    if not recorded:
+        raise Cancelled(message_id)
+
+
+def cancel_sync(message_ids: list[int]) -> None:
+    """Stop these replies at their next delta (from sync code, after a commit)."""
+    pipe = sync_redis().pipeline()
+    for message_id in message_ids:
+        pipe.set(_cancel_key(message_id), 1, ex=_TTL_SECONDS)
+    pipe.execute()
 
 
 async def snapshot(message_id: int) -> tuple[str, int]:

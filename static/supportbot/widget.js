@@ -413,7 +413,21 @@ svg{display:block;width:22px;height:22px;fill:none;stroke:currentColor;stroke-wi
     }
     if (wantHandoff && sendFrame({ type: 'handoff' })) wantHandoff = false;
   };
+  // Tell a person who answers that the visitor is typing: once when typing starts,
+  // again every few seconds while it goes on, and off after a pause or on send.
+  let typingOn = false, typingAt = 0, idleT;
+  const typingFrame = (on) => {
+    if (on === typingOn && (!on || Date.now() - typingAt < 3000)) return;
+    if (sendFrame({ type: 'typing', on })) { typingOn = on; typingAt = Date.now(); }
+  };
+  const typed = () => {
+    if (!conv.id || (status !== 'agent' && status !== 'waiting')) return;
+    typingFrame(ui.input.value.trim() !== '');
+    clearTimeout(idleT);
+    idleT = setTimeout(() => typingFrame(false), 4000);
+  };
   const submit = () => {
+    if (typingOn) { clearTimeout(idleT); typingFrame(false); }
     const text = ui.input.value.trim();
     if (!text || status === 'closed') return;
     if ([...text].length > MAX_CHARS) return showError(TXT.tooLong);
@@ -730,7 +744,7 @@ svg{display:block;width:22px;height:22px;fill:none;stroke:currentColor;stroke-wi
     u.error = h('div', { class: 'sb-error', role: 'alert', hidden: true });
     u.input = h('textarea', {
       class: 'sb-input', 'aria-label': 'Message', placeholder: 'Write a message…', rows: '1',
-      oninput: grow,
+      oninput: () => { grow(); typed(); },
       onkeydown: (e) => {
         if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
           e.preventDefault();
