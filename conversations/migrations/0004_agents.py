@@ -4,22 +4,11 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-
-AGENT_PERMISSIONS = [
-    "view_conversation",
-    "change_conversation",
-    "view_message",
-    "view_statuschange",
-    "view_ticket",
-    "change_ticket",
-    "view_internalnote",
-    "add_internalnote",
-]
+from conversations.roles import AGENT_PERMISSIONS, AGENTS_GROUP
 
 
 def create_agents_group(apps, schema_editor):
-    """Agents see and answer conversations and work tickets; only administrators
-    (superusers) edit sites, whose prompts and canaries are secrets."""
+    """The Agents group (conversations/roles.py says what it may do)."""
     from django.contrib.auth.management import create_permissions
 
     # Permissions are created after migrations; this one needs them now.
@@ -29,7 +18,7 @@ def create_agents_group(apps, schema_editor):
         app_config.models_module = None
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name="Agents")
+    group, _ = Group.objects.get_or_create(name=AGENTS_GROUP)
     group.permissions.add(
         *Permission.objects.filter(
             content_type__app_label="conversations", codename__in=AGENT_PERMISSIONS
