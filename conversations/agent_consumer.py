@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async as _channels_database_sync_to_asy
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from conversations import agent_actions, events, frames, selectors, stream_state
+from conversations.models import Conversation
 from conversations.services import ConversationClosed
 from conversations.text import storable
 
@@ -99,6 +100,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             )
         except ConversationClosed:
             await self._error("conversation_closed", "This conversation is closed.")
+        except Conversation.DoesNotExist:
+            # A well-formed id of no conversation: the actions' .get() finds nothing.
+            await self._error("not_found", "No such conversation.")
         except Exception as exc:
             logger.error("agent socket: %s handling a frame", type(exc).__name__, exc_info=True)
             await self._error("unavailable", "The server failed to do that; try again.")
@@ -206,8 +210,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # Events of the open conversation; an agent's own typing is not echoed.
         if event.get("type") == "typing" and event.get("role") == "agent":
             return
-        if self.watching is None:
-            return
+        if self.watching is None or message.get("conversation_id") != self.watching:
+            return  # a late event of a conversation this console has left
         await self._send({"type": "event", "conversation_id": self.watching, "event": event})
 
     # --- Helpers ----------------------------------------------------------------------

@@ -30,8 +30,11 @@ def group_name(conversation_id: object) -> str:
 
 
 async def asend(conversation_id: object, event: dict[str, Any]) -> None:
+    # The id travels with the event: a socket that switches conversations (the agent
+    # console) may still receive events of the one it left.
     await get_channel_layer().group_send(
-        group_name(conversation_id), {"type": HANDLER, "event": event}
+        group_name(conversation_id),
+        {"type": HANDLER, "event": event, "conversation_id": str(conversation_id)},
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.db.models import Case, Value, When
+
 from conversations import visitors
 from conversations.models import Conversation, InternalNote, Message, Site, StatusChange, Ticket
 from conversations.text import storable
@@ -132,12 +134,13 @@ def agent_queue(limit: int = QUEUE_LIMIT) -> list[dict]:
     """
     from conversations.serializers import queue_event
 
+    waiting_first = Case(When(status=Conversation.Status.WAITING, then=Value(0)), default=Value(1))
     conversations = list(
         Conversation.objects.filter(
             status__in=[Conversation.Status.WAITING, Conversation.Status.AGENT]
         )
         .select_related("site", "assigned_agent")
-        .order_by("-updated_at")[:limit]
+        .order_by(waiting_first, "-updated_at")[:limit]
     )
     tickets = _latest_tickets([c.pk for c in conversations])
     items = []

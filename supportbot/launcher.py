@@ -229,6 +229,7 @@ class Launcher:
             f"  Demo page with the chat widget:  {base}/\n"
             f"  Admin:                           {base}/admin/   "
             f"(user: admin, password: {password})\n"
+            f"  Agent console:                   {base}/agent/   (same login)\n"
             f"  Health:                          {base}/healthz\n\n"
             "  Press Ctrl-C to stop.\n",
             flush=True,
