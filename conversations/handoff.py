@@ -21,6 +21,7 @@ TWO_FAILURES = "two failed replies in a row"
 REPEATED_QUESTION = "the visitor asked the same question three times"
 PROMPT_LEAK = "the answer revealed the system prompt"
 MODERATION_UNAVAILABLE = "moderation was unavailable"
+NO_KNOWLEDGE = "no knowledge"
 
 
 @dataclass(frozen=True)

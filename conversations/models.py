@@ -7,6 +7,8 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -367,3 +369,94 @@ class InternalNote(models.Model):
 
     def __str__(self) -> str:
         return f"note by {self.author} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class Article(models.Model):
+    """A help-centre article of one site: what the bot answers from."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="articles")
+    title = models.CharField(max_length=300)
+    body = models.TextField(help_text="Markdown.")
+    url = models.URLField(max_length=500, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    published = models.BooleanField(default=True)
+    # Where an import took it from (a URL or a file name): imports update by it.
+    source = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["title"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "source"],
+                condition=~Q(source=""),
+                name="article_source_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Chunk(models.Model):
+    """A bounded piece of an article, indexed for full-text search.
+
+    `site` repeats the article's site so that retrieval filters and ranks in one
+    index-backed scan, without a join to restrict by site.
+    """
+
+    article = models.ForeignKey(Article, on_delete=models.CASCADE, related_name="chunks")
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="+")
+    ordinal = models.PositiveIntegerField()
+    heading = models.CharField(max_length=300, blank=True)
+    text = models.TextField()
+    # Filled by the database (knowledge/store.py): title weight A, heading B, text C.
+    search_vector = SearchVectorField(null=True)
+
+    class Meta:
+        ordering = ["article", "ordinal"]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="chunk_search"),
+            models.Index(fields=["site"], name="chunk_site"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.article} #{self.ordinal}"
+
+
+class KnowledgeTerm(models.Model):
+    """A word that occurs in a site's articles; visitors' misspellings are corrected
+    to the nearest one (trigram similarity) before searching."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="+")
+    term = models.CharField(max_length=60)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["site", "term"], name="knowledge_term_unique"),
+        ]
+        indexes = [
+            GinIndex(fields=["term"], name="knowledge_term_trgm", opclasses=["gin_trgm_ops"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.term
+
+
+class KnowledgeLexeme(models.Model):
+    """In how many of a site's chunks a search lexeme occurs (its document frequency),
+    kept up to date as articles change; retrieval weighs rare words above common
+    ones with it. The row with lexeme "" holds the site's number of chunks."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="+")
+    lexeme = models.CharField(max_length=100, blank=True)
+    chunks = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["site", "lexeme"], name="knowledge_lexeme_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lexeme or '(chunks)'}: {self.chunks}"

@@ -50,6 +50,30 @@ def system_prompt_for(*, site_prompt: str, canary: str, handoff_tool: bool) -> s
     return f"{site_prompt.strip()}\n\n{rules}\nReference code (confidential): {canary}"
 
 
+def with_knowledge(system_prompt: str, hits: list, *, handoff_tool: bool) -> str:
+    """The system prompt plus the retrieved chunks, each delimited and labelled with
+    its article's id, and the rule to answer only from them."""
+    if not hits:
+        return system_prompt
+    fallback = "call the handoff_to_human tool" if handoff_tool else f"end with {MARKER}"
+    parts = [
+        system_prompt,
+        "",
+        "Answer only from the help-centre articles below. If they do not answer the "
+        f"question, say that you don't know and {fallback}. Do not invent facts.",
+    ]
+    for hit in hits:
+        title = _attribute(hit.title)
+        heading = f" section={_attribute(hit.heading)}" if hit.heading else ""
+        body = defuse(hit.text).replace("</article>", "</ article>")
+        parts.append(f'<article id="{hit.article_id}" title={title}{heading}>\n{body}\n</article>')
+    return "\n".join(parts)
+
+
+def _attribute(value: str) -> str:
+    return '"' + " ".join(defuse(value).replace('"', "'").split()) + '"'
+
+
 def build_messages(
     *, system_prompt: str, history: list[Message], budget: int, model: str = ""
 ) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ from conversations import (
     stream_state,
     tokens,
 )
+from conversations.knowledge import retrieval
 from conversations.llm import ChatRequest, ChatResult, LLMClient, LLMError
 from conversations.models import DEFAULT_UNCHECKED_NOTICE, Message, Ticket
 from conversations.moderation import Verdict
@@ -40,9 +41,14 @@ from conversations.moderation.gate import (
     stop_for,
 )
 from conversations.moderation.leak import LeakDetector
-from conversations.prompt import build_messages, system_prompt_for
+from conversations.prompt import build_messages, system_prompt_for, with_knowledge
 
 logger = logging.getLogger(__name__)
+
+NO_KNOWLEDGE_REPLY = (
+    "I'm sorry, I couldn't find the answer to that in our help centre, and I'd rather "
+    "not guess. I've asked a person from our team to help; they will reply here."
+)
 
 _client: LLMClient | None = None
 
@@ -85,9 +91,14 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
         return None
     if decision.requested:
         return _hand_off_before_answering(question, verdict, decision)
+    knowledge = _knowledge_for(question)
+    if knowledge.missing:
+        return _no_knowledge(question)
 
     model = site.model or settings.LLM_MODEL
-    reply = services.reply_start(visitor_message_id=visitor_message_id, model=model)
+    reply = services.reply_start(
+        visitor_message_id=visitor_message_id, model=model, sources=knowledge.sources
+    )
     if reply is None:
         return None
     started = time.monotonic()
@@ -96,6 +107,12 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
             site_prompt=site.system_prompt,
             canary=site.prompt_canary,
             handoff_tool=settings.LLM_HANDOFF_TOOL,
+        )
+        # Quoting an article is not a prompt leak: the detector sees the prompt
+        # without the knowledge.
+        leak = LeakDetector(system_prompt=system_prompt, canary=site.prompt_canary)
+        system_prompt = with_knowledge(
+            system_prompt, knowledge.hits, handoff_tool=settings.LLM_HANDOFF_TOOL
         )
         history = selectors.prompt_history(conversation.pk, question.seq)
         request = ChatRequest(
@@ -110,9 +127,7 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
             max_tokens=site.max_tokens,
             tools=[handoff.HANDOFF_TOOL] if settings.LLM_HANDOFF_TOOL else None,
         )
-        checker = AnswerChecker(
-            moderator, LeakDetector(system_prompt=system_prompt, canary=site.prompt_canary)
-        )
+        checker = AnswerChecker(moderator, leak)
         release = _release_for(site, checker)
         # Hold no database connection for the seconds the model takes.
         connection.close()
@@ -191,6 +206,59 @@ def _visitor_message_checked(
         )
     services.message_moderated(message_id=question.pk, verdict=verdict, decision=decision)
     return verdict, decision
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    hits: list
+    # The site has articles, the question has substance, and none answers it.
+    missing: bool = False
+
+    @property
+    def sources(self) -> list[dict]:
+        """The articles the answer draws on, once each, best first."""
+        seen: dict[int, dict] = {}
+        for hit in self.hits:
+            if hit.article_id not in seen:
+                seen[hit.article_id] = {"id": hit.article_id, "title": hit.title, "url": hit.url}
+        return list(seen.values())
+
+
+def _knowledge_for(question: Message) -> Knowledge:
+    site_id = question.conversation.site_id
+    if not retrieval.has_knowledge(site_id):
+        return Knowledge([])  # a site without articles: the model answers on its own
+    recent = selectors.visitor_texts_before(question.conversation_id, question.seq, limit=1)
+    query = retrieval.query_for(question.text, recent)
+    if not retrieval.content_words(query):
+        return Knowledge([])  # "hi", "thanks": nothing to look up
+    hits = retrieval.retrieve(site_id=site_id, query=query)
+    return Knowledge(hits, missing=not hits)
+
+
+def _no_knowledge(question: Message) -> Message | None:
+    """Nothing in the site's articles answers this: say so and bring in a person,
+    rather than let the model guess."""
+    decision = handoff.Decision(handoff.NO_KNOWLEDGE)
+    reply = services.reply_start(visitor_message_id=question.pk, model="")
+    if reply is not None:
+        reply = services.reply_complete(
+            reply_id=reply.pk,
+            text=NO_KNOWLEDGE_REPLY,
+            prompt_tokens=0,
+            completion_tokens=0,
+            usage_estimated=False,
+            time_to_first_token_ms=None,
+            total_time_ms=0,
+            verdict=Verdict(moderation.PASSED, provider="site"),
+            decision=decision,
+        )
+    services.conversation_handoff(
+        conversation_id=question.conversation_id, decision=decision, notice=reply is None
+    )
+    connection.close()
+    events.wait_sent(timeout=10)
+    return reply
 
 
 def _stored_priority(verdict: Verdict, reason: str) -> int:

@@ -278,7 +278,9 @@ def _ticket_subject(conversation: Conversation) -> str:
 # --- Replies (called by the Celery task through conversations.replies) -----------
 
 
-def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
+def reply_start(
+    *, visitor_message_id: int, model: str, sources: list[dict] | None = None
+) -> Message | None:
     """Create the streaming assistant message that answers a visitor message.
 
     Returns None when no reply is due: the bot no longer answers the conversation,
@@ -318,6 +320,7 @@ def reply_start(*, visitor_message_id: int, model: str) -> Message | None:
             status=Message.Status.STREAMING,
             reply_to=question,
             model=model,
+            sources=sources or [],
         )
         events.reply_started_on_commit(reply)
     return reply

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Full-text and trigram search for the knowledge base.
+    "django.contrib.postgres",
     "channels",
     "conversations",
 ]

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from conversations.models import Site
+import conversations
+from conversations.knowledge.importer import import_path
+from conversations.models import Article, Site
 from supportbot.local import paths
 
 DEMO_SITE_NAME = "Demo shop"
-DEMO_PROMPT = """You are the customer-support assistant of Northwind Outfitters, an online \
-shop for outdoor clothing and gear.
+DEMO_PROMPT = """You are the customer-support assistant of Lumen Home, which sells the \
+Lumen smart desk lamp, its app and the Lumen Plus subscription online.
 
-- Answer questions about orders, shipping, returns, sizing, payments and accounts.
+- Answer questions about orders, shipping, returns, the lamp, the app, Lumen Plus, \
+payments and accounts.
 - Be friendly, brief and concrete: two to four short sentences unless asked for detail.
 - If you do not know something about the shop (an order's status, a refund decision, \
 account changes), say so honestly and offer to connect the customer with a person.
@@ -38,6 +42,10 @@ class Command(BaseCommand):
             site.allowed_origins = origins
             site.save(update_fields=["allowed_origins"])
         self.stdout.write(f"demo site {'created' if created else 'found'}: {site.public_key}")
+        if not Article.objects.filter(site=site).exists():
+            # First run: the demo help centre, so answers cite real articles.
+            report = import_path(site, Path(conversations.__file__).parent / "demo_kb")
+            self.stdout.write(f"demo help centre: {report.summary()}")
 
         password_file = paths.var_dir() / "admin-password"
         user_model = get_user_model()

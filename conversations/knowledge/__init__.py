@@ -1,0 +1,1 @@
+"""Each site's knowledge base: articles, their chunks, and retrieval per question."""
