@@ -1,4 +1,5 @@
-"""Admin: sites (superusers only), conversations as read-only transcripts, and tickets.
+"""Admin: sites and articles (superusers only), conversations as read-only transcripts,
+and tickets.
 
 Agents (staff in the "Agents" group, migration 0004) read conversations and work
 tickets here; the live work happens in the agent console (docs/agent-console.md).
@@ -10,16 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from conversations import exports
+from conversations.knowledge import importer
+from conversations.knowledge.store import (
+    MAX_BODY_CHARS,
+    MAX_TAGS,
+    article_delete,
+    article_save,
+)
 from conversations.models import (
+    Article,
     Conversation,
     InternalNote,
     Message,
@@ -418,3 +432,188 @@ def _ticket_conversations(tickets: QuerySet[Ticket]) -> QuerySet[Conversation]:
     return Conversation.objects.filter(
         pk__in=tickets.order_by().values("conversation_id")
     ).order_by("created_at")
+
+
+class SuperusersOnly:
+    """Admin permissions for administrators only, whatever a group is ever given."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+
+class ArticleForm(forms.ModelForm):
+    url = forms.URLField(
+        max_length=Article._meta.get_field("url").max_length, required=False, assume_scheme="https"
+    )
+
+    class Meta:
+        model = Article
+        fields = ["site", "title", "body", "url", "tags", "published"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        # URLField also takes ftp://; the widget links to these for visitors.
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError("The url must start with http:// or https://")
+        return url
+
+    def clean_body(self) -> str:
+        body = self.cleaned_data["body"]
+        if len(body) > MAX_BODY_CHARS:
+            raise forms.ValidationError(f"At most {MAX_BODY_CHARS:,} characters")
+        return body
+
+    def clean_tags(self) -> list[str]:
+        tags = self.cleaned_data["tags"] or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise forms.ValidationError('Tags must be a list of strings, e.g. ["billing"]')
+        if len(tags) > MAX_TAGS:
+            raise forms.ValidationError(f"At most {MAX_TAGS} tags")
+        return tags
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Several files in one field (the pattern of Django's file-upload docs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> list[UploadedFile]:
+        single_clean = super().clean
+        items = list(data) if isinstance(data, list | tuple) else [data] if data else []
+        if not items:
+            # The docs' version returns [] here, so a required field took no files.
+            single_clean(None, initial)
+            return []
+        return [single_clean(item, initial) for item in items]
+
+
+class ArticleImportForm(forms.Form):
+    site = forms.ModelChoiceField(queryset=Site.objects.order_by("name"))
+    files = MultipleFileField(
+        # An empty file is reported as such with the others, not refused with the form.
+        allow_empty_file=True,
+        help_text=f"Markdown (.md), text (.txt) or HTML (.html) files, each at most 1 MB, "
+        f"up to {settings.DATA_UPLOAD_MAX_NUMBER_FILES} at a time. An article whose url "
+        "(or file name) was imported before is updated.",
+    )
+    published = forms.BooleanField(
+        required=False, initial=True, help_text="Unpublished articles are never used in answers."
+    )
+
+
+def _parse_upload(upload: UploadedFile) -> importer.Parsed | importer.Rejected:
+    # A large file is refused by its size, without reading it into memory.
+    name = upload.name or "upload"
+    return importer.check_size(name, upload.size or 0) or importer.parse_file(name, upload.read())
+
+
+def _preview(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
+
+
+@admin.register(Article)
+class ArticleAdmin(SuperusersOnly, admin.ModelAdmin):
+    """Articles are what the bot answers from: administrators only, like sites. Saving
+    goes through article_save, so an edit is re-chunked and re-indexed at once."""
+
+    form = ArticleForm
+    list_display = ["title", "site", "published", "url", "updated_at", "chunk_count"]
+    list_filter = ["site", "published"]
+    search_fields = ["title", "body"]
+    list_select_related = ["site"]
+    fieldsets = [
+        (None, {"fields": ["site", "title", "body", "url", "tags", "published"]}),
+        ("Import", {"fields": ["source", "created_at", "updated_at"]}),
+        ("Chunks (what retrieval searches)", {"fields": ["chunk_preview"]}),
+    ]
+    # `source` is the import's key: editing it would detach the article from its file.
+    readonly_fields = ["source", "created_at", "updated_at", "chunk_preview"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Article]:
+        return super().get_queryset(request).annotate(chunk_total=Count("chunks"))
+
+    @admin.display(description="Chunks", ordering="chunk_total")
+    def chunk_count(self, article: Article) -> int:
+        return article.chunk_total
+
+    @admin.display(description="Chunks")
+    def chunk_preview(self, article: Article) -> str:
+        if article.pk is None:
+            return "-"
+        chunks = article.chunks.order_by("ordinal").values_list("heading", "text")
+        if not chunks:
+            return "None (an unpublished article has none)" if not article.published else "None"
+        return format_html(
+            "<ol>{}</ol>",
+            format_html_join(
+                "",
+                "<li><strong>{}</strong><br>{}</li>",
+                ((heading or "(no heading)", _preview(text)) for heading, text in chunks),
+            ),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Article, form: Any, change: bool) -> None:
+        article_save(obj)
+
+    # Through the store, which keeps the site's word statistics in step with its chunks.
+    def delete_model(self, request: HttpRequest, obj: Article) -> None:
+        article_delete(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Article]) -> None:
+        for article in queryset:
+            article_delete(article)
+
+    def get_urls(self) -> list[URLPattern]:
+        # Before the default URLs, whose <path:object_id>/ would swallow "import/".
+        return [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="conversations_article_import",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        # admin_view only checks for staff: agents are staff too.
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        report = None
+        if request.method == "POST":
+            form = ArticleImportForm(request.POST, request.FILES)
+            if form.is_valid():
+                site, published = form.cleaned_data["site"], form.cleaned_data["published"]
+                report = importer.import_parsed(
+                    site,
+                    (_parse_upload(upload) for upload in form.cleaned_data["files"]),
+                    published=published,
+                )
+                form = ArticleImportForm(initial={"site": site, "published": published})
+        else:
+            form = ArticleImportForm()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import articles",
+            "opts": self.opts,
+            "form": form,
+            "report": report,
+        }
+        return TemplateResponse(request, "admin/conversations/article/import.html", context)

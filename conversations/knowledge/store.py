@@ -114,6 +114,8 @@ def _count_lexemes(article: Article, *, sign: int) -> None:
             " SELECT %s, word, %s * ndoc FROM ts_stat("
             f"  'SELECT search_vector FROM {Chunk._meta.db_table} WHERE article_id = '"
             "  || %s::int)"
+            # A long URL is one lexeme; no visitor types it, so it needs no count.
+            " WHERE length(word) <= 100"
             " UNION ALL SELECT %s, '', %s * count(*) FROM "
             f" {Chunk._meta.db_table} WHERE article_id = %s"
             " ON CONFLICT (site_id, lexeme) DO UPDATE SET chunks ="
