@@ -152,6 +152,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Replies run as threads that wait on one shared event loop, so one worker process
 # streams this many replies at once (see docs/operations.md).
 REPLY_CONCURRENCY = env_int("REPLY_CONCURRENCY", 256, minimum=1, maximum=4096)
+# A streaming reply's worker renews a lease in Redis this often; a reply whose lease
+# lapsed (its worker died) is failed by any other worker's sweep, so a visitor hears
+# within about REPLY_LEASE_SECONDS + REPLY_SWEEP_SECONDS, not a visibility timeout.
+REPLY_LEASE_SECONDS = env_int("REPLY_LEASE_SECONDS", 10, minimum=3, maximum=300)
+REPLY_SWEEP_SECONDS = env_int("REPLY_SWEEP_SECONDS", 5, minimum=1, maximum=300)
+# A visitor message still unanswered (and unmoderated) after this long has its task
+# queued again: the first copy died with its worker (tasks are idempotent).
+REQUEUE_UNANSWERED_SECONDS = env_int("REQUEUE_UNANSWERED_SECONDS", 30, minimum=5)
 
 # --- Model API -----------------------------------------------------------------
 
