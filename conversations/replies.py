@@ -21,6 +21,7 @@ from conversations import (
     background_loop,
     events,
     handoff,
+    leases,
     moderation,
     selectors,
     services,
@@ -101,6 +102,15 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
     )
     if reply is None:
         return None
+    leases.hold(reply.pk)
+    try:
+        return _answer(reply, question, site, moderator, knowledge, model)
+    finally:
+        leases.release(reply.pk)
+
+
+def _answer(reply, question, site, moderator, knowledge, model) -> Message:
+    conversation = question.conversation
     started = time.monotonic()
     try:
         system_prompt = system_prompt_for(

@@ -432,6 +432,74 @@ def _reply_close(
         events.reply_finished_on_commit(reply, error_detail=detail)
 
 
+def replies_fail_lost(*, suspects: set[int]) -> tuple[int, set[int]]:
+    """Fail streaming replies whose worker is gone: their lease (leases.py) was
+    missing on this sweep and on the one before (`suspects`), so a Redis restart,
+    after which live workers renew within seconds, fails nothing.
+
+    Returns how many were failed and the new suspects for the next sweep.
+    """
+    from conversations import leases
+
+    settled_before = timezone.now() - timedelta(seconds=settings.REPLY_LEASE_SECONDS)
+    streaming = list(
+        Message.objects.filter(
+            status=Message.Status.STREAMING, created_at__lt=settled_before
+        ).values_list("pk", flat=True)[:1000]
+    )
+    lapsed = leases.lapsed(streaming)
+    failed = 0
+    for reply_id in sorted(lapsed & suspects):
+        failed += _fail_lost_reply(reply_id)
+    return failed, lapsed - suspects
+
+
+def _fail_lost_reply(reply_id: int) -> int:
+    # Should the worker still be alive after all (a frozen process), its next delta
+    # is refused and its late outcome loses to this one.
+    stream_state.cancel_sync([reply_id])
+    with transaction.atomic():
+        reply = Message.objects.select_for_update().filter(pk=reply_id).first()
+        if reply is None or reply.status != Message.Status.STREAMING:
+            return 0
+        reply.text = stream_state.text_so_far(reply.pk)
+        _reply_close(
+            reply,
+            status=Message.Status.FAILED,
+            error_code="worker_lost",
+            detail="The assistant stopped unexpectedly. Please send your message again.",
+        )
+    return 1
+
+
+def messages_requeue_unprocessed() -> int:
+    """Queue again the tasks of visitor messages no worker has processed (still
+    unmoderated) after REQUEUE_UNANSWERED_SECONDS: their worker died holding them.
+    The task is idempotent; a Redis flag keeps one message from being re-queued
+    more often than that."""
+    from conversations.redis_clients import sync_redis
+
+    now = timezone.now()
+    ids = list(
+        Message.objects.filter(
+            role=Message.Role.VISITOR,
+            moderation=Message.Moderation.PENDING,
+            created_at__lt=now - timedelta(seconds=settings.REQUEUE_UNANSWERED_SECONDS),
+            created_at__gt=now - timedelta(hours=1),
+        )
+        .exclude(conversation__status=Conversation.Status.CLOSED)
+        .values_list("pk", flat=True)[:500]
+    )
+    queued = 0
+    redis = sync_redis()
+    for message_id in ids:
+        if redis.set(
+            f"requeued:{message_id}", 1, nx=True, ex=settings.REQUEUE_UNANSWERED_SECONDS
+        ):
+            queued += _queue_reply(message_id)
+    return queued
+
+
 def replies_fail_stale() -> int:
     """Fail replies still `streaming` long after any worker could be on them (their
     worker died and no redelivery came). Returns how many were failed."""

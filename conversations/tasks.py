@@ -7,13 +7,13 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 from django.db import close_old_connections
 
 from conversations import replies, services
 
 logger = logging.getLogger(__name__)
 
-STALE_SWEEP_SECONDS = 60.0
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -41,16 +41,22 @@ def _warm_up_the_offline_moderator(**kwargs) -> None:
 
 @worker_ready.connect
 def _start_stale_reply_sweeper(**kwargs) -> None:
-    """Every worker also fails replies whose worker died and that no redelivery
-    reached (e.g. the broker lost the task), so no visitor waits forever."""
+    """Every worker also fails replies whose worker died (their lease lapsed), and
+    queues again messages whose task died unprocessed, so no visitor waits on a
+    dead worker for longer than a few sweeps."""
     stop = threading.Event()
 
     def sweep() -> None:
-        while not stop.wait(STALE_SWEEP_SECONDS):
+        suspects: set[int] = set()
+        while not stop.wait(settings.REPLY_SWEEP_SECONDS):
             try:
-                failed = services.replies_fail_stale()
+                failed, suspects = services.replies_fail_lost(suspects=suspects)
+                failed += services.replies_fail_stale()
                 if failed:
                     logger.warning("failed %d replies left streaming by lost workers", failed)
+                requeued = services.messages_requeue_unprocessed()
+                if requeued:
+                    logger.warning("queued %d unprocessed visitor messages again", requeued)
             except Exception:
                 logger.exception("stale reply sweep failed")
             finally:
