@@ -79,6 +79,11 @@
       return /^(https?|mailto):$/.test(u.protocol) ? u.href : null;
     } catch { return null; }
   };
+  // Articles an answer drew on: at most 5, titles cut to 120 characters
+  const cite = (a) => a.filter((c) => c && str(c.title).trim()).slice(0, 5).map((c) => {
+    const t = [...str(c.title, 1000).replace(/\s+/g, ' ').trim()];
+    return { title: t.length > 120 ? t.slice(0, 119).join('').trimEnd() + '…' : t.join(''), url: str(c.url, 2000) };
+  });
   const link = (href, text) => h('a', { href, target: '_blank', rel: 'noopener noreferrer', text });
   const INLINE = /`([^`\n]+)`|\[([^\]\n]+)\]\(\s*<?([^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*)>?(?:\s+"[^"\n]*")?\s*\)|\*\*(?=\S)([\s\S]*?\S)\*\*|\*(?=[^\s*])([\s\S]*?[^\s*])\*|(https?:\/\/[^\s<>"]*[^\s<>".,;:!?'()[\]])/;
   // Inline markup costs O(n^2) on a pathological line, so very long lines stay plain.
@@ -182,7 +187,10 @@
       .filter((r) => r.status !== 'streaming')
       .sort((a, b) => a.seq - b.seq)
       .slice(-40)
-      .map((r) => ({ id: r.id, seq: r.seq, role: r.role, text: r.text, status: r.status, client_id: r.cid || undefined }));
+      .map((r) => ({
+        id: r.id, seq: r.seq, role: r.role, text: r.text, status: r.status,
+        client_id: r.cid || undefined, sources: r.src.length ? r.src : undefined,
+      }));
     store.set('conversation', JSON.stringify({
       id: conv.id, ws: conv.ws, status, lastSeq: safeSeq(), messages,
       outbox: outbox.map(({ cid, text, unsent }) => ({ cid, text, unsent })),
@@ -245,6 +253,9 @@ svg{display:block;width:22px;height:22px;fill:none;stroke:currentColor;stroke-wi
 @keyframes sb-blink{to{visibility:hidden}}
 .sb-meta{margin-top:4px;font-size:12px;line-height:16px;color:#5f6b7a;display:flex;flex-wrap:wrap;gap:4px 10px;align-items:center}
 .sb-retry{color:#b3261e;font-weight:600;text-decoration:underline}
+.sb-sources{margin-top:4px;padding:0 4px;font-size:12px;line-height:16px;color:#5f6b7a;overflow-wrap:anywhere}
+.sb-sources ul{margin:0;padding:0;list-style:none;line-height:20px}
+a.sb-source{color:#0b57d0;text-decoration:underline}
 .sb-text p,.sb-text ul,.sb-text ol,.sb-text pre{margin:0 0 8px}
 .sb-text>:last-child{margin-bottom:0}
 .sb-text ul,.sb-text ol{padding-left:20px}
@@ -303,6 +314,17 @@ svg{display:block;width:22px;height:22px;fill:none;stroke:currentColor;stroke-wi
     if (r.status === 'withdrawn') r.tx.textContent = 'This answer was removed.';
     else if (r.role === 'assistant' || r.role === 'agent') markdown(r.text, r.tx);
     else r.tx.textContent = r.text;
+    if (r.cites) r.cites.remove();
+    r.cites = null;
+    // Only http(s) links: the server's URLs are not trusted either
+    if (r.role === 'assistant' && r.status === 'complete' && r.src.length) {
+      r.el.append((r.cites = h('div', { class: 'sb-sources' }, ['Sources:', h('ul', null, r.src.map((c) => {
+        const u = safeUrl(c.url);
+        return h('li', null, [u && /^https?:/.test(u)
+          ? h('a', { class: 'sb-source', href: u, target: '_blank', rel: 'noopener noreferrer nofollow', text: c.title })
+          : h('span', { class: 'sb-source', text: c.title })]);
+      }))])));
+    }
     if (r.meta) r.meta.remove();
     r.meta = null;
     const meta = [];
@@ -373,6 +395,7 @@ svg{display:block;width:22px;height:22px;fill:none;stroke:currentColor;stroke-wi
       id, seq: Number.isInteger(m.seq) ? m.seq : r.seq, status: st,
       role: ROLES.includes(m.role) ? m.role : 'system',
       text: st === 'withdrawn' ? '' : str(m.text),
+      src: Array.isArray(m.sources) ? cite(m.sources) : r.src || [],
       cid: cid || r.cid,
     });
     // next delta index; null: take the first that comes
