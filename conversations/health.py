@@ -1,9 +1,11 @@
-"""GET /healthz: is the database, Redis and at least one Celery worker answering?"""
+"""GET /healthz: are the database and Redis answering, and does a Celery worker
+consume the reply queue?"""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -23,11 +25,34 @@ def _check_redis() -> None:
     sync_redis().ping()
 
 
-def _check_worker() -> None:
-    from supportbot.celery import app
+# How long a probe task may take to be consumed before the workers count as stuck.
+PROBE_TIMEOUT = 3.0
 
-    if not app.control.ping(timeout=1.0, limit=1):
-        raise RuntimeError("no Celery worker answered a ping within 1 s")
+
+class WorkerNotConsuming(RuntimeError):
+    """No worker took a task from the reply queue in time."""
+
+
+def _check_worker() -> None:
+    """A real task through the reply queue, not a control ping: a worker whose
+    consumer stopped after a broker reconnect (a known Celery-on-Redis failure)
+    still answers pings, but takes no tasks."""
+    from conversations.tasks import health_probe
+
+    token = uuid.uuid4().hex
+    health_probe.apply_async((token,), expires=PROBE_TIMEOUT * 3)
+    deadline = time.monotonic() + PROBE_TIMEOUT
+    redis = sync_redis()
+    while time.monotonic() < deadline:
+        if redis.exists(health_probe_key(token)):
+            redis.delete(health_probe_key(token))
+            return
+        time.sleep(0.05)
+    raise WorkerNotConsuming(f"no worker consumed a probe task within {PROBE_TIMEOUT:g} s")
+
+
+def health_probe_key(token: str) -> str:
+    return f"health:probe:{token}"
 
 
 @require_GET

@@ -24,6 +24,15 @@ def generate_reply(visitor_message_id: int) -> None:
     replies.reply_generate(visitor_message_id=visitor_message_id)
 
 
+@shared_task(ignore_result=True)
+def health_probe(token: str) -> None:
+    """/healthz's proof that a worker consumes the reply queue."""
+    from conversations.health import health_probe_key
+    from conversations.redis_clients import sync_redis
+
+    sync_redis().set(health_probe_key(token), 1, ex=30)
+
+
 @worker_ready.connect
 def _warm_up_the_offline_moderator(**kwargs) -> None:
     """Read the abuse model (seconds) before the first visitor waits on it."""

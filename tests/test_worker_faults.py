@@ -7,8 +7,10 @@ killing a worker does not disturb the session's stack.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
+import httpx
 import pytest
 from django.conf import settings
 
@@ -25,7 +27,7 @@ RECOVERY_BOUND_SECONDS = 30
 
 
 @pytest.fixture
-def own_stack(live_stack, llm_server, transactional_db):
+def own_stack(stack, llm_server, transactional_db, request):
     with stack_module.log_dir() as logs:
         env = stack_module.server_env(
             database=settings.DATABASES["default"],
@@ -35,6 +37,7 @@ def own_stack(live_stack, llm_server, transactional_db):
         )
         children: list[stack_module.Child] = []
         asgi = stack_module.AsgiServer(env, logs)
+        asgi.env = env
         children.append(asgi)
 
         def worker() -> stack_module.CeleryWorker:
@@ -44,11 +47,16 @@ def own_stack(live_stack, llm_server, transactional_db):
         try:
             yield asgi, worker, children
         finally:
+            report = getattr(request.node, "rep_call", None)
             for child in children:
                 child.stop()
+                if report is not None and report.failed:
+                    print(f"----- {child.name} log -----\n{child.log()[-5000:]}")
 
 
-def test_a_worker_killed_mid_reply_ends_in_one_reply_failed_within_the_bound(own_stack, llm, site):
+def test_a_worker_killed_mid_reply_ends_in_one_reply_failed_within_the_bound(
+    own_stack, llm, site, capsys
+):
     asgi, start_worker, _ = own_stack
     first = start_worker()
     llm.enqueue(Script(reply_words=200, token_interval=0.1))
@@ -119,3 +127,40 @@ def test_a_message_whose_task_died_unprocessed_is_answered_by_another_worker(
         time.sleep(0.2)
     assert reply is not None, "the sweep queued the task again and it was answered"
     assert Message.objects.filter(conversation_id=conversation_id, role="assistant").count() == 1
+
+
+def _health(asgi) -> tuple[int, dict]:
+    response = httpx.get(asgi.url + "/healthz", timeout=15)
+    return response.status_code, response.json()
+
+
+def test_healthz_reports_a_worker_that_stopped_consuming(own_stack):
+    from supportbot.celery import app
+
+    asgi, start_worker, _ = own_stack
+    worker = start_worker()
+    queue = worker_queue(asgi)
+    status, body = _health(asgi)
+    assert status == 200 and body["checks"]["worker"]["ok"], body
+    # What a worker looks like after Celery-on-Redis loses its consumer: alive,
+    # answering pings, taking no tasks.
+    node = [worker.hostname.replace("%h", socket.gethostname())]
+    app.control.cancel_consumer(queue, destination=node, reply=True, timeout=5)
+    assert app.control.ping(destination=node, timeout=2), "the worker still answers pings"
+    status, body = _health(asgi)
+    assert status == 503 and body["checks"]["worker"] == {
+        "ok": False,
+        "error": "WorkerNotConsuming",
+        "ms": body["checks"]["worker"]["ms"],
+    }
+    app.control.add_consumer(queue, destination=node, reply=True, timeout=5)
+    deadline = time.monotonic() + 15
+    while _health(asgi)[0] != 200:
+        assert time.monotonic() < deadline, "healthy again once it consumes"
+        time.sleep(0.5)
+    worker.kill()
+    assert _health(asgi)[0] == 503
+
+
+def worker_queue(asgi) -> str:
+    return asgi.env["CELERY_QUEUE"]
