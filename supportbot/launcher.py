@@ -136,6 +136,10 @@ class Launcher:
         env = dict(os.environ)
         env.setdefault("SECRET_KEY", _secret_key())
         env.setdefault("DEBUG", "0")
+        # `make run` serves plain HTTP on this machine: Secure cookies would be
+        # dropped by some browsers, and the admin login with them. HSTS is only ever
+        # sent over HTTPS, so it needs no change.
+        env.setdefault("SECURE_COOKIES", "false")
         hosts = {"127.0.0.1", "localhost", host}
         env.setdefault("ALLOWED_HOSTS", ",".join(sorted(hosts)))
         env["PYTHONUNBUFFERED"] = "1"

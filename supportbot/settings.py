@@ -51,6 +51,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every HTML response (see the Security section).
+    "supportbot.security.ContentSecurityPolicyMiddleware",
     # Serves the widget and admin assets from the ASGI server itself, compressed
     # and with far-future caching for hashed names.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -79,6 +81,57 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- Security ------------------------------------------------------------------
+# Production mode is DEBUG off; docs/operations.md ("Production security") explains
+# each choice. `manage.py check --deploy` is clean with the defaults below.
+
+# Session and CSRF cookies travel over HTTPS only. false for a deployment reached
+# over plain HTTP (an internal network), where browsers would drop them and the
+# admin login would fail.
+SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+# Stricter than strict-origin-when-cross-origin: no Referer at all leaves for another
+# origin (admin and console URLs hold conversation ids and searches), and same-origin
+# requests keep it for Django's HTTPS CSRF check. The widget runs under its host
+# page's policy, so this header never reaches it.
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Behind a TLS-terminating proxy that overwrites X-Forwarded-Proto on every request:
+# Django then knows which requests came over HTTPS (HSTS, redirects, CSRF origins).
+TRUST_X_FORWARDED_PROTO = env_bool("TRUST_X_FORWARDED_PROTO", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_X_FORWARDED_PROTO else None
+# Redirect plain-HTTP requests to HTTPS here rather than at the proxy; needs
+# TRUST_X_FORWARDED_PROTO behind a proxy (or TLS in uvicorn), else every request loops.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes that reach the server directly over HTTP are answered, not redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# Sent only on responses to HTTPS requests, so harmless on plain-HTTP deployments.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if SECURE_HSTS_PRELOAD and not (SECURE_HSTS_INCLUDE_SUBDOMAINS and SECURE_HSTS_SECONDS >= 31536000):
+    raise ImproperlyConfigured(
+        "SECURE_HSTS_PRELOAD needs SECURE_HSTS_INCLUDE_SUBDOMAINS and "
+        "SECURE_HSTS_SECONDS of at least 31536000 (the preload list requires both)"
+    )
+SILENCED_SYSTEM_CHECKS = []
+if not SECURE_SSL_REDIRECT:
+    # W008 "SECURE_SSL_REDIRECT is not True": TLS usually ends at a proxy, which also
+    # redirects HTTP to HTTPS; here it would loop unless the proxy sends
+    # X-Forwarded-Proto, and it would break plain-HTTP internal deployments.
+    SILENCED_SYSTEM_CHECKS.append("security.W008")
+if not SECURE_HSTS_PRELOAD:
+    # W021 "SECURE_HSTS_PRELOAD is not True": preloading commits the whole registrable
+    # domain and all its subdomains to HTTPS in browsers, hard to undo; it is the
+    # domain owner's decision, not a support app's default.
+    SILENCED_SYSTEM_CHECKS.append("security.W021")
 
 # --- Data stores -------------------------------------------------------------
 
