@@ -44,8 +44,27 @@ from conversations.models import (
 from conversations.serializers import agent_name
 
 
+class SuperusersOnly:
+    """Admin permissions for administrators only, whatever a group is ever given."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+
 @admin.register(Site)
-class SiteAdmin(admin.ModelAdmin):
+class SiteAdmin(SuperusersOnly, admin.ModelAdmin):
     list_display = ["name", "public_key", "model", "created_at"]
     search_fields = ["name", "public_key"]
     readonly_fields = ["public_key", "created_at"]
@@ -73,23 +92,6 @@ class SiteAdmin(admin.ModelAdmin):
         ),
         ("Widget", {"fields": ["widget_title", "widget_colour", "widget_greeting"]}),
     ]
-
-    # Sites hold the system prompt: only administrators, whatever permissions a
-    # group is ever given.
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
 
 
 def _person(user: Any) -> str:
@@ -432,25 +434,6 @@ def _ticket_conversations(tickets: QuerySet[Ticket]) -> QuerySet[Conversation]:
     return Conversation.objects.filter(
         pk__in=tickets.order_by().values("conversation_id")
     ).order_by("created_at")
-
-
-class SuperusersOnly:
-    """Admin permissions for administrators only, whatever a group is ever given."""
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
 
 
 class ArticleForm(forms.ModelForm):

@@ -249,26 +249,7 @@ def _knowledge_for(question: Message) -> Knowledge:
 def _no_knowledge(question: Message) -> Message | None:
     """Nothing in the site's articles answers this: say so and bring in a person,
     rather than let the model guess."""
-    decision = handoff.Decision(handoff.NO_KNOWLEDGE)
-    reply = services.reply_start(visitor_message_id=question.pk, model="")
-    if reply is not None:
-        reply = services.reply_complete(
-            reply_id=reply.pk,
-            text=NO_KNOWLEDGE_REPLY,
-            prompt_tokens=0,
-            completion_tokens=0,
-            usage_estimated=False,
-            time_to_first_token_ms=None,
-            total_time_ms=0,
-            verdict=Verdict(moderation.PASSED, provider="site"),
-            decision=decision,
-        )
-    services.conversation_handoff(
-        conversation_id=question.conversation_id, decision=decision, notice=reply is None
-    )
-    connection.close()
-    events.wait_sent(timeout=10)
-    return reply
+    return _reply_and_hand_off(question, NO_KNOWLEDGE_REPLY, handoff.Decision(handoff.NO_KNOWLEDGE))
 
 
 def _stored_priority(verdict: Verdict, reason: str) -> int:
@@ -286,16 +267,25 @@ def _hand_off_before_answering(
     unchecked one gets the site's reply in the bot's place; any other (the visitor
     asked, a topic, a repeat) gets the plain handoff notice."""
     site = question.conversation.site
+    text = None
+    if verdict.self_harm:
+        text = site.self_harm_reply
+    elif verdict.flagged and "secrets" in verdict.categories:
+        text = site.secrets_reply
+    elif verdict.flagged:
+        text = site.flagged_input_reply
+    elif verdict.status == moderation.UNCHECKED:
+        text = DEFAULT_UNCHECKED_NOTICE
+    return _reply_and_hand_off(question, text, decision)
+
+
+def _reply_and_hand_off(
+    question: Message, text: str | None, decision: handoff.Decision
+) -> Message | None:
+    """Answer with a fixed text (no model), if any, then hand the conversation over;
+    without a text the handoff's notice tells the visitor."""
     reply = None
-    if verdict.flagged or verdict.status == moderation.UNCHECKED:
-        if verdict.self_harm:
-            text = site.self_harm_reply
-        elif verdict.flagged and "secrets" in verdict.categories:
-            text = site.secrets_reply
-        elif verdict.flagged:
-            text = site.flagged_input_reply
-        else:
-            text = DEFAULT_UNCHECKED_NOTICE
+    if text is not None:
         reply = services.reply_start(visitor_message_id=question.pk, model="")
         if reply is not None:
             reply = services.reply_complete(
