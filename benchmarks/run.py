@@ -587,12 +587,16 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+# Mode "after": this harness measures the streaming path token by token (the
+# moderation gate's own cost is benchmarks/moderation.py's subject). The offline
+# moderator still checks every question and answer.
 CREATE_SITE = f"""
 from conversations.models import Site
 site = Site.objects.create(
     name="Benchmark shop", allowed_origins=[{ORIGIN!r}],
     system_prompt="You are the Benchmark shop's support assistant.",
     temperature=0.2, max_tokens=512,
+    moderation_mode="after", moderation_provider="offline",
 )
 print("site_key", site.public_key)
 """
