@@ -63,3 +63,20 @@ def frames_text(events: list[dict[str, Any]]) -> str:
 
 def chat_requests(llm) -> list[dict[str, Any]]:
     return [r for r in llm.requests if r["path"] == "/v1/chat/completions"]
+
+
+def ask(visitor, conversation, text: str, *, then_status: bool = False, timeout: float = 20):
+    """Say `text` on a fresh socket: the events up to the assistant's `done` (and,
+    with then_status, up to the `status` event of the handoff that follows) and the
+    done message."""
+    from tests.visitor import run
+
+    async def scenario():
+        async with visitor.socket(conversation) as socket:
+            await socket.say(text)
+            events, done = await socket.reply(timeout=timeout)
+            if then_status:
+                events += await socket.until(lambda e: e["type"] == "status")
+            return events, done
+
+    return run(scenario())

@@ -31,6 +31,21 @@ async def handed_off(socket, agents, conversation_id):
     return events, await agents.next_for(conversation_id)
 
 
+def answered_then_handed_off(visitor, conversation, text: str):
+    """Say `text`; the events up to the answer's `done` and through the handoff that
+    follows it, the done message, and the agents' queue event."""
+    conversation_id = conversation["conversation"]["id"]
+
+    async def scenario():
+        async with AgentsFeed() as agents, visitor.socket(conversation) as socket:
+            await socket.say(text)
+            events, done = await socket.reply()
+            more, queued = await handed_off(socket, agents, conversation_id)
+            return events + more, done, queued
+
+    return run(scenario())
+
+
 def assert_handed_off(conversation_id: str, reason: str, events, queued) -> None:
     conv = Conversation.objects.get(pk=conversation_id)
     assert conv.status == Conversation.Status.WAITING
@@ -136,14 +151,9 @@ def test_the_models_handoff_marker_is_stripped_and_hands_off(stack, llm):
     conversation = visitor.start()
     conversation_id = conversation["conversation"]["id"]
 
-    async def scenario():
-        async with AgentsFeed() as agents, visitor.socket(conversation) as socket:
-            await socket.say("Can you repair a cracked hinge?")
-            events, done = await socket.reply()
-            more, queued = await handed_off(socket, agents, conversation_id)
-            return events + more, done, queued
-
-    events, done, queued = run(scenario())
+    events, done, queued = answered_then_handed_off(
+        visitor, conversation, "Can you repair a cracked hinge?"
+    )
     assert "[[" not in frames_text(events) and "handoff]]" not in frames_text(events)
     assert done["text"] == "I'm not sure about that one, sorry."
     reply = Message.objects.get(pk=done["id"])
@@ -159,14 +169,9 @@ def test_a_handoff_tool_call_hands_off(stack, llm):
     conversation = visitor.start()
     conversation_id = conversation["conversation"]["id"]
 
-    async def scenario():
-        async with AgentsFeed() as agents, visitor.socket(conversation) as socket:
-            await socket.say("My warranty claim was rejected unfairly")
-            events, done = await socket.reply()
-            more, queued = await handed_off(socket, agents, conversation_id)
-            return events + more, done, queued
-
-    events, done, queued = run(scenario())
+    events, done, queued = answered_then_handed_off(
+        visitor, conversation, "My warranty claim was rejected unfairly"
+    )
     assert done["text"] == "Let me get someone for you."
     assert_handed_off(conversation_id, handoff.MODEL_CANNOT_HELP, events, queued)
 
