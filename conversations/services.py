@@ -493,9 +493,7 @@ def messages_requeue_unprocessed() -> int:
     queued = 0
     redis = sync_redis()
     for message_id in ids:
-        if redis.set(
-            f"requeued:{message_id}", 1, nx=True, ex=settings.REQUEUE_UNANSWERED_SECONDS
-        ):
+        if redis.set(f"requeued:{message_id}", 1, nx=True, ex=settings.REQUEUE_UNANSWERED_SECONDS):
             queued += _queue_reply(message_id)
     return queued
 

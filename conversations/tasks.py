@@ -15,7 +15,6 @@ from conversations import replies, services
 logger = logging.getLogger(__name__)
 
 
-
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def generate_reply(visitor_message_id: int) -> None:
     # No automatic retry: a failed reply is stored as failed and the visitor told
