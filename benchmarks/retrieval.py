@@ -21,6 +21,10 @@ p90, p99 and max per size, the median number of candidate chunks (chunks of the
 site matching any query lexeme), the time per SQL statement, and PASS/FAIL against
 the target: p99 <= 20 ms at 100,000 chunks. When p99 misses it, the slowest
 queries' statements are run again under EXPLAIN (ANALYZE, BUFFERS).
+
+Retrieval ranks at most KNOWLEDGE_RANK_BUDGET chunks per question (exact below
+it), so each size also reports what the budget costs: how often the hits equal
+those of ranking every chunk, and hit@1/hit@3 of the labelled questions both ways.
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.run import background_load, bench_database, percentile
+
+if TYPE_CHECKING:
+    from conversations.knowledge.evaluation import Evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KB = ROOT / "conversations" / "demo_kb"
@@ -595,10 +603,53 @@ class Result:
     foreign_hits: int
     checks: list[str]
     load_seconds: float
+    quality: Quality
     explained: list[str] = field(default_factory=list)
 
     def ms(self, q: float) -> float:
         return percentile([c.seconds for c in self.calls], q) * 1000
+
+
+@dataclass
+class Quality:
+    """What the ranking budget costs: retrieve() against ranking every chunk."""
+
+    budget: int
+    same: float  # share of queries whose hits equal those of ranking every chunk
+    same_top: float  # ... whose best hit does
+    budgeted: Evaluation  # the labelled questions, with the budget
+    unlimited: Evaluation  # ... ranking every chunk
+
+
+def quality(site_id: int, asked: list[tuple[str, str]]) -> Quality:
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    from conversations.knowledge.evaluation import evaluate
+    from conversations.knowledge.retrieval import retrieve
+    from conversations.models import Article
+    from tests.kb_questions import QUESTIONS
+
+    def ids(query: str) -> list[int]:
+        return [hit.chunk_id for hit in retrieve(site_id=site_id, query=query)]
+
+    slugs = {
+        url.rstrip("/").rsplit("/", 1)[-1]: pk
+        for pk, url in Article.objects.filter(site_id=site_id).values_list("pk", "url")
+    }
+    budgeted = [ids(query) for _, query in asked]
+    labelled = evaluate(QUESTIONS, lambda q: retrieve(site_id=site_id, query=q), slugs)
+    with override_settings(KNOWLEDGE_RANK_BUDGET=10**9):
+        unlimited = [ids(query) for _, query in asked]
+        everything = evaluate(QUESTIONS, lambda q: retrieve(site_id=site_id, query=q), slugs)
+    pairs = list(zip(budgeted, unlimited, strict=True))
+    return Quality(
+        budget=settings.KNOWLEDGE_RANK_BUDGET,
+        same=sum(a == b for a, b in pairs) / len(pairs),
+        same_top=sum(a[:1] == b[:1] for a, b in pairs) / len(pairs),
+        budgeted=labelled,
+        unlimited=everything,
+    )
 
 
 class Recorder:
@@ -638,13 +689,12 @@ def candidates(site_id: int, query: str) -> int:
     from django.db import connection
 
     from conversations.knowledge.retrieval import _lexemes, content_words, corrected
-    from conversations.knowledge.synonyms import expand
     from conversations.models import Chunk
 
     words = corrected(site_id, content_words(query))
     if not words:
         return 0
-    lexemes = [lexeme for lexeme, _, occurs in _lexemes(site_id, expand(words)) if occurs]
+    lexemes = [lexeme for lexeme, _, chunks, _ in _lexemes(site_id, words) if chunks]
     if not lexemes:
         return 0
     with connection.cursor() as cursor:
@@ -725,6 +775,8 @@ def measure_size(
     print(f"size {size:,}: measuring", file=sys.stderr, flush=True)
     background = background_load()
     calls, foreign = measure(site.site_id, asked)
+    print(f"size {size:,}: comparing with ranking every chunk", file=sys.stderr, flush=True)
+    ranked = quality(site.site_id, asked)
     return Result(
         chunks=site.chunks,
         other_chunks=other.chunks,
@@ -739,6 +791,7 @@ def measure_size(
         foreign_hits=foreign,
         checks=checks,
         load_seconds=site.seconds + other.seconds,
+        quality=ranked,
     )
 
 
@@ -762,12 +815,22 @@ def render(results: list[Result], demo: float, force_explain: bool) -> tuple[str
             f"{answered * 100:>7.0f}% {r.background * 100:>6.0f}%"
         )
     lines.append("(ms per retrieve() call, wall time in this process; candidates: the site's")
-    lines.append(" chunks matching any query lexeme; answered: share with a hit >= MIN_SCORE)")
+    lines.append(" chunks matching any query lexeme, of which at most the budget are ranked;")
+    lines.append(" answered: share with a hit >= MIN_SCORE)")
     for r in results:
         lines.append(
             f"  {r.chunks:,} chunks: the labelled questions match a median "
             f"{r.labelled_share * 100:.0f}% of the site's chunks (demo help centre alone: "
             f"{demo * 100:.0f}%)"
+        )
+    for r in results:
+        q = r.quality
+        lines.append(
+            f"  {r.chunks:,} chunks, ranking budget {q.budget:,}: hits equal to ranking every"
+            f" chunk for {q.same * 100:.1f}% of the queries, the best hit for"
+            f" {q.same_top * 100:.1f}%; labelled questions hit@1/hit@3"
+            f" {q.budgeted.hit_at_1:.3f}/{q.budgeted.hit_at_3:.3f} (every chunk ranked:"
+            f" {q.unlimited.hit_at_1:.3f}/{q.unlimited.hit_at_3:.3f})"
         )
     passed = True
     for r in results:

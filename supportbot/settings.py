@@ -288,6 +288,10 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
 LOGGING = {
+# The most chunks retrieval ranks per question. Exact below it; beyond it (long
+# questions of common words on a large knowledge base) only the rarest words bring
+# chunks in (docs/knowledge.md, "Latency"). Higher: closer to exact, slower.
+KNOWLEDGE_RANK_BUDGET = env_int("KNOWLEDGE_RANK_BUDGET", 2000, minimum=100, maximum=1_000_000)
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},

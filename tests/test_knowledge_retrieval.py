@@ -87,6 +87,54 @@ def test_an_unpublished_article_is_never_retrieved(transactional_db):
     assert article.chunks.count() == 0
 
 
+def _lamp_site():
+    """A site where "lamp" is in every chunk and "zebra" in one."""
+    site = make_site(name="Many lamps")
+    for n in range(12):
+        article_upsert(
+            site=site,
+            source=f"a{n}",
+            title=f"Lamp topic {n}",
+            body=f"The lamp needs care number {n}. Dust the lamp weekly.",
+        )
+    article_upsert(
+        site=site, source="z", title="Striped shades", body="The zebra shade fits any lamp."
+    )
+    return site
+
+
+def _ids(site, query: str) -> list[int]:
+    return [hit.chunk_id for hit in retrieval.retrieve(site_id=site.pk, query=query)]
+
+
+def test_within_the_ranking_budget_the_results_are_exact(transactional_db, settings):
+    site = _lamp_site()
+    settings.KNOWLEDGE_RANK_BUDGET = 10**9
+    unlimited = {q: _ids(site, q) for q in ("lamp zebra shade", "dust the lamp", "lamp")}
+    assert all(unlimited.values())
+    # Counted per word, the words of "dust the lamp" are in 12 + 13 chunks, the most of
+    # these questions: a budget of 25 still ranks every chunk having any of them.
+    settings.KNOWLEDGE_RANK_BUDGET = 25
+    assert {q: _ids(site, q) for q in unlimited} == unlimited
+
+
+def test_beyond_the_budget_rare_words_bring_chunks_in_and_common_ones_still_count(
+    transactional_db, settings
+):
+    site = _lamp_site()
+    settings.KNOWLEDGE_RANK_BUDGET = 3
+    hits = retrieval.retrieve(site_id=site.pk, query="zebra lamp")
+    # Only the chunk with "zebra" was ranked; "lamp" still counts in its score.
+    assert [h.title for h in hits] == ["Striped shades"]
+    settings.KNOWLEDGE_RANK_BUDGET = 10**9
+    assert retrieval.retrieve(site_id=site.pk, query="zebra lamp")[0] == hits[0]
+    # Every word common: at most the budget of chunks having the rarest two are ranked.
+    settings.KNOWLEDGE_RANK_BUDGET = 3
+    common = retrieval.retrieve(site_id=site.pk, query="dust the lamp")
+    assert 1 <= len(common) <= 3
+    assert all("Dust the lamp" in h.text for h in common)
+
+
 def visitor_for(stack, site) -> Visitor:
     return Visitor(stack.http_url, stack.ws_url, site.public_key)
 

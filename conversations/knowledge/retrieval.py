@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection
 
 from conversations.knowledge.synonyms import expand, rewrite_phrases
@@ -29,15 +30,6 @@ TITLE_BOOST = 1.0
 HEADING_BOOST = 0.5
 # Words this similar (pg_trgm) to a term of the site's articles are read as it.
 TYPO_SIMILARITY = 0.45
-# The most a query lexeme adds to a chunk's score, in units of its idf: the chunk has it
-# in the article's title and in a heading or tag.
-MAX_FACTOR = 1 + max(TITLE_BOOST, 0.0) + max(HEADING_BOOST, 0.0)
-# Ranking starts with the chunks of the query's rarest lexemes while these number at
-# most this many (by document frequency): quick to rank, and they set a score the
-# results must reach, which rules most other chunks out (see _best).
-PROBE_CHUNKS = 1000
-# Room for float rounding when comparing scores with bounds.
-_ROUNDING = 1e-9
 
 _WORD = re.compile(r"[^\W_]+")
 # English words that carry no meaning for search (websearch_to_tsquery drops its own
@@ -103,24 +95,28 @@ def corrected(site_id: int, words: list[str]) -> list[str]:
     return [fixes.get(w, w) for w in words]
 
 
-def _lexemes(site_id: int, terms: list[str]) -> list[tuple[str, float, int]]:
-    """(lexeme, idf, chunks) for the query's terms, chunks being how many of the site's
-    chunks have the lexeme. A lexeme no chunk has gets the highest idf: a question
-    about something the articles never mention is mostly not covered by them."""
+def _lexemes(site_id: int, words: list[str]) -> list[tuple[str, float, int, bool]]:
+    """(lexeme, idf, chunks, own) for the words and their synonyms: chunks is how many of
+    the site's chunks have the lexeme, own whether it is one of the visitor's own words
+    (not only a synonym's). A lexeme no chunk has gets the highest idf: a question about
+    something the articles never mention is mostly not covered by them. One statement
+    for both, as this is on every question's path."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "WITH l AS (SELECT DISTINCT unnest(tsvector_to_array("  # noqa: S608
-            "  to_tsvector('english', t))) AS lexeme FROM unnest(%s::text[]) AS t),"
+            "WITH t AS (SELECT t, n <= %s AS own"  # noqa: S608
+            "  FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n)),"
+            " l AS (SELECT lexeme, bool_or(own) AS own FROM t,"
+            "  unnest(tsvector_to_array(to_tsvector('english', t.t))) AS lexeme GROUP BY lexeme),"
             " n AS (SELECT coalesce(max(greatest(chunks, 1)), 1) AS total"
             f"  FROM {KnowledgeLexeme._meta.db_table} WHERE site_id = %s AND lexeme = '')"
             " SELECT l.lexeme,"
             "  ln(1 + (n.total - coalesce(k.chunks, 0) + 0.5) / (coalesce(k.chunks, 0) + 0.5)),"
-            "  coalesce(k.chunks, 0)"
+            "  coalesce(k.chunks, 0), l.own"
             f" FROM l CROSS JOIN n LEFT JOIN {KnowledgeLexeme._meta.db_table} k"
-            "  ON k.site_id = %s AND k.lexeme = l.lexeme",
-            [terms, site_id, site_id],
+            "  ON k.site_id = %s AND k.lexeme = l.lexeme ORDER BY l.lexeme",
+            [len(words), expand(words), site_id, site_id],
         )
-        return [(lexeme, float(idf), chunks) for lexeme, idf, chunks in cursor.fetchall()]
+        return [(lexeme, float(idf), chunks, own) for lexeme, idf, chunks, own in cursor]
 
 
 def retrieve(
@@ -137,11 +133,11 @@ def retrieve(
     words = corrected(site_id, content_words(query))
     if not words:
         return []
+    lexemes = _lexemes(site_id, list(dict.fromkeys(words)))
     # Synonyms widen the search but must not make a question look better covered:
     # the coverage is measured against the visitor's own words.
-    own = _lexemes(site_id, words)
-    total = sum(idf for _, idf, _ in own) * (1 + TITLE_BOOST) or 1.0
-    found = [entry for entry in _lexemes(site_id, expand(words)) if entry[2] > 0]
+    total = sum(idf for _, idf, _, own in lexemes if own) * (1 + TITLE_BOOST) or 1.0
+    found = [(lexeme, idf, chunks) for lexeme, idf, chunks, _ in lexemes if chunks > 0]
     if not found:
         return []
     return _best(site_id, found, total, k, min_score)
@@ -150,38 +146,33 @@ def retrieve(
 def _best(
     site_id: int, found: list[tuple[str, float, int]], total: float, k: int, min_score: float
 ) -> list[Hit]:
-    """The k best of the chunks having any of the lexemes, ranking as few as it can.
+    """The k best of the chunks having any of the lexemes, ranking at most a budget
+    of chunks (settings.KNOWLEDGE_RANK_BUDGET).
 
     A common word ("lamp") is in a large share of a big site's chunks, and ranking
-    each costs time; most of them cannot be among the k best. A lexeme adds at most
-    idf * MAX_FACTOR to a chunk's score, so a chunk with none of the rarest lexemes
-    scores at most the sum of the others' bounds: when that is below a score the
-    results must reach, such chunks need not be ranked (MaxScore). The chunks of the
-    rarest lexemes, ranked first, give that score; the results are exactly those of
-    ranking every chunk with any of the lexemes.
+    each costs time. While the question's lexemes are in at most `budget` chunks in
+    all, every chunk having one is ranked: the exact k best. Beyond that, as
+    Elasticsearch's "common terms" query, only the rarest lexemes (up to the budget)
+    bring chunks in; the common ones still count in every chunk's score. A chunk that
+    has only common words of a long question rarely covers enough of it to be among
+    the best. A question whose every lexeme is common ranks chunks having its two
+    rarest, at most `budget` of them. benchmarks.retrieval prints how often the
+    results equal those of ranking every chunk.
     """
+    budget = settings.KNOWLEDGE_RANK_BUDGET
     lexemes = [(lexeme, idf) for lexeme, idf, _ in found]
-    rarest = sorted(found, key=lambda entry: -entry[1])
+    rarest = sorted(found, key=lambda entry: (-entry[1], entry[0]))
     probe, chunks = [], 0
     for lexeme, _, count in rarest:
-        if probe and chunks + count > PROBE_CHUNKS:
+        if chunks + count > budget:
             break
         probe.append(lexeme)
         chunks += count
-    hits, scores = _rank(site_id, lexemes, probe, total, k, min_score)
-    if len(probe) == len(rarest):
-        return hits
-    # Every result scores at least this: the k-th score found so far, or the threshold.
-    least = max(scores[-1] if len(hits) == k else 0.0, min_score * total) * (1 - _ROUNDING)
-    # The rarest lexemes a chunk needs one of to reach `least`.
-    needed, rest = len(rarest), 0.0
-    while needed and rest + max(rarest[needed - 1][1], 0.0) * MAX_FACTOR < least:
-        needed -= 1
-        rest += max(rarest[needed][1], 0.0) * MAX_FACTOR
-    if needed <= len(probe):
-        return hits  # every chunk that could be a result was ranked already
-    matching = [lexeme for lexeme, _, _ in rarest[:needed]]
-    return _rank(site_id, lexemes, matching, total, k, min_score)[0]
+    if not probe:
+        # Even the rarest lexeme is in more chunks than the budget.
+        together = [lexeme for lexeme, _, _ in rarest[:2]]
+        return _rank(site_id, lexemes, together, total, k, min_score, budget, every=True)
+    return _rank(site_id, lexemes, probe, total, k, min_score, budget)
 
 
 def _rank(
@@ -191,9 +182,12 @@ def _rank(
     total: float,
     k: int,
     min_score: float,
-) -> tuple[list[Hit], list[float]]:
-    """The k best chunks having any of the `matching` lexemes, scored on all `lexemes`,
-    and their scores before division by `total`."""
+    budget: int,
+    *,
+    every: bool = False,
+) -> list[Hit]:
+    """The k best chunks having any (with `every`, all) of the `matching` lexemes,
+    at most `budget` of them ranked, scored on all `lexemes`."""
     # A chunk's score, as one expression: per lexeme, its idf times 1, plus TITLE_BOOST
     # if the title has it and HEADING_BOOST if a heading or tag has it, or 0 if the
     # chunk lacks it. Added up in the order of `lexemes`, this is the same float as
@@ -207,22 +201,25 @@ def _rank(
     scores: list[object] = []
     for lexeme, idf in lexemes:
         scores += [lexeme, idf, TITLE_BOOST, lexeme, HEADING_BOOST, lexeme]
+    joiner = " & " if every else " | "
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT top.id, top.article_id, a.title, a.url, top.heading, top.text,"  # noqa: S608
-            " top.score / %s, top.score"
+            " top.score / %s"
             # OFFSET 0 keeps the inner query as it is, so each chunk is scored once, not
             # again in the filter and in the sort.
             " FROM (SELECT * FROM (SELECT c.id, c.article_id, c.heading, c.text,"
             f"  {' + '.join([term] * len(lexemes))} AS score"
-            f"  FROM {Chunk._meta.db_table} c WHERE c.site_id = %s AND c.search_vector"
-            "  @@ (SELECT string_agg(quote_literal(m), ' | ')::tsquery FROM unnest(%s::text[]) m)"
-            "  OFFSET 0) AS scored WHERE scored.score / %s >= %s"
+            f"  FROM {Chunk._meta.db_table} c WHERE c.search_vector @@ (SELECT"
+            f"  string_agg(quote_literal(m), '{joiner}')::tsquery FROM unnest(%s::text[]) m)"
+            # The site is checked on each matching chunk, not with the site_id index:
+            # AND-ing the bitmaps costs a read of every chunk id of the site.
+            "  AND c.site_id + 0 = %s"
+            "  LIMIT %s) AS scored WHERE scored.score / %s >= %s"
             "  ORDER BY scored.score DESC, scored.id LIMIT %s) AS top"
             # Articles are joined to the k results, not to every chunk ranked.
             f" JOIN {Article._meta.db_table} a ON a.id = top.article_id"
             " ORDER BY top.score DESC, top.id",
-            [total, *scores, site_id, matching, total, min_score, k],
+            [total, *scores, matching, site_id, budget, total, min_score, k],
         )
-        rows = cursor.fetchall()
-    return [Hit(*row[:7]) for row in rows], [row[7] for row in rows]
+        return [Hit(*row) for row in cursor.fetchall()]
