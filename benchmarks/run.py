@@ -57,6 +57,11 @@ BENCH_SERVER_SETTINGS = {
     "RATE_VISITOR_MESSAGES_PER_MINUTE": "1000000",
     "RATE_ADDRESS_MESSAGES_PER_MINUTE": "1000000",
     "RATE_CONVERSATIONS_PER_HOUR": "1000000",
+    # 0: no per-site limit. The benchmark measures the stack, not the limits.
+    "RATE_SITE_MESSAGES_PER_MINUTE": "0",
+    "RATE_SITE_CONVERSATIONS_PER_HOUR": "0",
+    "RATE_SITE_CONCURRENT_REPLIES": "0",
+    "RATE_SITE_TOKENS_PER_DAY": "0",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -149,15 +154,28 @@ def percentile(values: list[float], q: float) -> float:
 # --- The client: N visitors on one loop --------------------------------------------
 
 
-async def _open(url: str, origin: str | None, token: str | None) -> ClientConnection:
+async def open_visitor_socket(
+    url: str, origin: str | None, token: str | None, last_seq: int = 0
+) -> tuple[ClientConnection, dict]:
+    """Connect and say hello; the socket and the `ready` event. The resume replay (for
+    last_seq > 0, or a reply still streaming) is left unread on the socket."""
     ws = await connect(url, origin=origin, max_size=None, open_timeout=30, ping_interval=None)
-    await ws.send(json.dumps({"type": "hello", "token": token, "last_seq": 0}))
-    while True:
-        event = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if event["type"] == "ready":
-            return ws
-        if event["type"] == "error":
-            raise RuntimeError(f"hello refused: {event}")
+    try:
+        await ws.send(json.dumps({"type": "hello", "token": token, "last_seq": last_seq}))
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if event["type"] == "ready":
+                return ws, event
+            if event["type"] == "error":
+                raise RuntimeError(f"hello refused: {event}")
+    except BaseException:
+        await ws.close()
+        raise
+
+
+async def _open(url: str, origin: str | None, token: str | None) -> ClientConnection:
+    ws, _ready = await open_visitor_socket(url, origin, token)
+    return ws
 
 
 async def _converse(ws: ClientConnection, go: asyncio.Event, sample: Sample, timeout: float):
@@ -234,6 +252,27 @@ async def run_round(
     return result
 
 
+class ConversationRefused(RuntimeError):
+    """POST /api/v1/conversations answered something other than 201."""
+
+    def __init__(self, status: int, body: str):
+        super().__init__(f"conversation create: {status} {body}")
+        self.status = status
+
+
+async def create_conversation(
+    client: httpx.AsyncClient, http_url: str, site_key: str, visitor_token: str | None = None
+) -> dict:
+    """A new conversation (the 201 body); with visitor_token, for that same visitor."""
+    body = {"site_key": site_key}
+    if visitor_token:
+        body["visitor_token"] = visitor_token
+    response = await client.post(f"{http_url}/api/v1/conversations", json=body)
+    if response.status_code != 201:
+        raise ConversationRefused(response.status_code, response.text)
+    return response.json()
+
+
 async def product_round(
     n: int, http_url: str, ws_url: str, site_key: str, timeout: float, pids: dict[str, int]
 ) -> Round:
@@ -242,12 +281,7 @@ async def product_round(
     ) as client:
 
         async def start() -> dict:
-            response = await client.post(
-                f"{http_url}/api/v1/conversations", json={"site_key": site_key}
-            )
-            if response.status_code != 201:
-                raise RuntimeError(f"conversation create: {response.status_code} {response.text}")
-            return response.json()
+            return await create_conversation(client, http_url, site_key)
 
         created = await _gather_limited([start] * n, SETUP_PARALLELISM)
     targets = [(ws_url + c["websocket_url"], ORIGIN, c["visitor_token"]) for c in created]
@@ -534,6 +568,56 @@ def start_model(args: argparse.Namespace, log_dir: Path, *extra: str) -> LineChi
     )  # fmt: skip
 
 
+@dataclass
+class ProductStack:
+    """The product's processes on a benchmark database (see start_product)."""
+
+    llm: LineChild
+    env: dict[str, str]
+    site_key: str
+    workers: list[stack.CeleryWorker]
+    asgi: stack.AsgiServer
+
+
+def start_product(
+    args: argparse.Namespace,
+    log_dir: Path,
+    db_url: str,
+    children: list,
+    *,
+    concurrency: int,
+    worker_processes: int = 1,
+    model_args: tuple[str, ...] = (),
+) -> ProductStack:
+    """The model stand-in, the migrated database with one site, the Celery worker(s)
+    and uvicorn, configured from args (redis_url, set, and start_model's pacing).
+
+    Each child goes into `children` as soon as it runs, so the caller's cleanup also
+    stops what started before a later step failed.
+    """
+    llm = start_model(args, log_dir, *model_args)
+    children.append(llm)
+    extra = dict(item.split("=", 1) for item in args.set)
+    env = stack.server_env(
+        database=django_database(db_url),
+        redis_url=args.redis_url,
+        llm_base_url=llm.url,
+        REPLY_CONCURRENCY=str(concurrency),
+        **BENCH_SERVER_SETTINGS,
+        **extra,
+    )
+    manage(env, "migrate", "--noinput")
+    site_key = manage(env, "shell", "-c", CREATE_SITE).split("site_key", 1)[1].strip()
+    per_process = math.ceil(concurrency / worker_processes)
+    workers = []
+    for _ in range(worker_processes):
+        workers.append(stack.CeleryWorker(env, log_dir, concurrency=per_process))
+        children.append(workers[-1])
+    asgi = stack.AsgiServer(env, log_dir)
+    children.append(asgi)
+    return ProductStack(llm, env, site_key, workers, asgi)
+
+
 def background_load(seconds: float = 3.0) -> float:
     """Share of all cores busy over `seconds` while the started stack idles.
 
@@ -748,26 +832,12 @@ def main(argv: list[str] | None = None) -> int:
     children: list = []
     with stack.log_dir() as logs, bench_database(args.database_url, db_name) as db_url:
         try:
-            llm = start_model(args, logs)
-            children.append(llm)
-            extra = dict(item.split("=", 1) for item in args.set)
-            env = stack.server_env(
-                database=django_database(db_url),
-                redis_url=args.redis_url,
-                llm_base_url=llm.url,
-                REPLY_CONCURRENCY=str(concurrency),
-                **BENCH_SERVER_SETTINGS,
-                **extra,
-            )
-            manage(env, "migrate", "--noinput")
-            site_key = manage(env, "shell", "-c", CREATE_SITE).split("site_key", 1)[1].strip()
-            per_process = math.ceil(concurrency / args.worker_processes)
-            workers = []
-            for _ in range(args.worker_processes):
-                workers.append(stack.CeleryWorker(env, logs, concurrency=per_process))
-                children.append(workers[-1])
-            asgi = stack.AsgiServer(env, logs)
-            children.append(asgi)
+            product = start_product(
+                args, logs, db_url, children,
+                concurrency=concurrency, worker_processes=args.worker_processes,
+            )  # fmt: skip
+            llm, workers, asgi = product.llm, product.workers, product.asgi
+            site_key = product.site_key
             relay = LineChild(
                 "direct-relay",
                 [sys.executable, "-m", "benchmarks.direct_relay", "--model-url", llm.url],

@@ -91,6 +91,18 @@ class SiteAdmin(SuperusersOnly, admin.ModelAdmin):
             {"fields": ["handoff_topics", "handoff_notice", "bot_answers_while_waiting"]},
         ),
         ("Widget", {"fields": ["widget_title", "widget_colour", "widget_greeting"]}),
+        (
+            "Limits",
+            {
+                "description": "Empty takes the deployment's default; 0 means no limit.",
+                "fields": [
+                    "rate_messages_per_minute",
+                    "rate_conversations_per_hour",
+                    "rate_concurrent_replies",
+                    "rate_tokens_per_day",
+                ],
+            },
+        ),
     ]
 
 

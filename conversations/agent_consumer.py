@@ -13,9 +13,10 @@ import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async as _channels_database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from conversations import agent_actions, events, frames, selectors, stream_state
+from conversations import agent_actions, events, frames, selectors, slow_readers, stream_state
 from conversations.models import Conversation
 from conversations.services import ConversationClosed
 from conversations.text import storable
@@ -46,6 +47,7 @@ def may_answer(user) -> bool:
 
 class AgentConsumer(AsyncWebsocketConsumer):
     watching: str | None = None
+    outbox: slow_readers.Outbox | None = None
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
@@ -62,7 +64,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
         queue = await database_sync_to_async(selectors.agent_queue)()
         await self._send({"type": "queue", "items": queue, "me": self.user.pk})
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if self.outbox is not None and self.outbox.gave_up:
+            # The console stopped reading for WS_SEND_TIMEOUT (slow_readers.py), as a
+            # visitor's widget can: the socket is reset, the console reconnects.
+            await self.disconnect(1011)
+            raise StopConsumer
+        await super().dispatch(message)
+
     async def disconnect(self, code: int) -> None:
+        if self.outbox is not None:
+            self.outbox.cancel()
         if getattr(self, "joined", False):
             await self.channel_layer.group_discard(events.AGENTS_GROUP, self.channel_name)
         if self.watching is not None:
@@ -217,7 +229,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
     # --- Helpers ----------------------------------------------------------------------
 
     async def _send(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+        # Queued, never awaited: a console that stopped reading must not hold up the
+        # events of the agents' group (slow_readers.py).
+        if self.outbox is None:
+            self.outbox = slow_readers.Outbox(
+                lambda text: self.send(text_data=text), server_send=self.base_send
+            )
+        self.outbox.put(json.dumps(event, ensure_ascii=False))
 
     async def _error(self, code: str, detail: str, **extra: Any) -> None:
         await self._send({"type": "error", "code": code, "detail": detail, **extra})

@@ -9,11 +9,21 @@ import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async as _channels_database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from conversations import events, frames, ratelimit, selectors, services, stream_state, visitors
+from conversations import (
+    events,
+    frames,
+    ratelimit,
+    selectors,
+    services,
+    slow_readers,
+    stream_state,
+    visitors,
+)
 from conversations.client_address import from_scope
 from conversations.models import Conversation, Message
 from conversations.serializers import message_dict, status_event
@@ -49,6 +59,7 @@ class VisitorConsumer(AsyncWebsocketConsumer):
     conversation: Conversation | None = None
     ready = False
     joined = False
+    outbox: slow_readers.Outbox | None = None
 
     async def connect(self) -> None:
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
@@ -63,9 +74,17 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         except ValueError:
             await self.close()
             return
-        self.conversation = await database_sync_to_async(selectors.conversation_by_id)(
-            self.conversation_id
-        )
+        try:
+            self.conversation = await database_sync_to_async(selectors.conversation_by_id)(
+                self.conversation_id
+            )
+        except DatabaseError as exc:
+            # The database is away: accept only to close with "try again later",
+            # which a client can act on; a refused handshake (500) it cannot.
+            logger.error("conversation %s: %s on connect", self.conversation_id, type(exc).__name__)
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
         origin = _origin(self.scope)
         if self.conversation is not None:
             if origin is None and not settings.DEBUG:
@@ -80,6 +99,11 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
+        if self.outbox is not None and self.outbox.gave_up:
+            # The reader fell WS_SEND_TIMEOUT behind (slow_readers.py); under uvicorn
+            # the socket is reset and a disconnect follows, elsewhere this lets go.
+            await self.disconnect(1011)
+            raise StopConsumer
         # Channels runs close_old_connections on its one shared sync thread before
         # every handler; for group events (every streamed delta) that is a thread hop
         # queued behind other work, which delayed deltas by seconds under load. The
@@ -94,6 +118,8 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def disconnect(self, code: int) -> None:
+        if self.outbox is not None:
+            self.outbox.cancel()
         deadline = getattr(self, "hello_deadline", None)
         if deadline is not None:
             deadline.cancel()
@@ -209,11 +235,12 @@ class VisitorConsumer(AsyncWebsocketConsumer):
         if existing is not None:
             # A resend (e.g. after a reconnect) is not a new message: a looser limit
             # of its own, since each one may queue the reply again.
-            if not await self._within_rate_limits(client_id, resend=True):
+            if not await self._within_resend_limit(client_id):
                 return
             stored = await database_sync_to_async(services.message_resend)(message=existing)
         else:
-            if not await self._within_rate_limits(client_id):
+            admitted = await self._admitted(client_id)
+            if admitted is None:
                 return
             try:
                 stored = await database_sync_to_async(services.message_create_from_visitor)(
@@ -222,12 +249,20 @@ class VisitorConsumer(AsyncWebsocketConsumer):
                     client_id=client_id,
                 )
             except services.ConversationClosed:
+                await ratelimit.arelease(admitted.slot)
                 await self._error(
                     "conversation_closed",
                     "This conversation is closed; start a new one.",
                     client_id=client_id,
                 )
                 return
+            except Exception:
+                # Not stored (the client resends): no reply will need the slot.
+                await ratelimit.arelease(admitted.slot)
+                raise
+            if not stored.reply_queued:
+                # No reply comes until the client resends.
+                await ratelimit.arelease(admitted.slot)
         if not stored.created:
             await self._send({"type": "message", "message": message_dict(stored.message)})
         if not stored.reply_queued:
@@ -239,31 +274,65 @@ class VisitorConsumer(AsyncWebsocketConsumer):
             )
         # A new message's echo reaches this socket through the group, in seq order.
 
-    async def _within_rate_limits(self, client_id: str | None, *, resend: bool = False) -> bool:
-        if resend:
-            # Resends and handoffs: generous for a client healing after a reconnect,
-            # bounded for one that loops.
-            buckets = [("resend", self.visitor_hash, 3 * settings.RATE_VISITOR_MESSAGES_PER_MINUTE)]
-        else:
-            buckets = [
-                ("msg-visitor", self.visitor_hash, settings.RATE_VISITOR_MESSAGES_PER_MINUTE),
-                ("msg-address", self.address, settings.RATE_ADDRESS_MESSAGES_PER_MINUTE),
+    async def _within_resend_limit(self, client_id: str | None) -> bool:
+        # Resends and handoffs: generous for a client healing after a reconnect,
+        # bounded for one that loops.
+        limit = 3 * settings.RATE_VISITOR_MESSAGES_PER_MINUTE
+        verdict = await ratelimit.acheck(
+            [ratelimit.Window("resend", self.visitor_hash, limit, 60, name="resends")]
+        )
+        if not verdict.allowed:
+            await self._rate_limited(verdict, client_id)
+        return verdict.allowed
+
+    async def _admitted(self, client_id: str) -> ratelimit.Verdict | None:
+        """Count a new message against every limit (docs/protocol.md, Limits); None
+        when one refused it, and the client was told. An admitted message may hold
+        one of the site's streaming slots (`verdict.slot`) until its reply ends."""
+        visitor_limit = settings.RATE_VISITOR_MESSAGES_PER_MINUTE
+        address_limit = settings.RATE_ADDRESS_MESSAGES_PER_MINUTE
+        # The visitor's own limits first: a flood is refused without a database read.
+        verdict = await ratelimit.acheck(
+            [
+                ratelimit.Window(
+                    "msg-visitor", self.visitor_hash, visitor_limit, 60, "visitor_messages"
+                ),
+                ratelimit.Window(
+                    "msg-address", self.address, address_limit, 60, "address_messages"
+                ),
             ]
-        extra = {"client_id": client_id} if client_id else {}
-        for scope, subject, limit in buckets:
-            verdict = await ratelimit.ahit(scope, subject, limit=limit, window=60)
-            if not verdict.allowed:
-                await self._error(
-                    "rate_limited",
-                    "You are sending messages too quickly; wait a moment.",
-                    retry_after=verdict.retry_after,
-                    **extra,
+        )
+        if verdict.allowed:
+            limits = await database_sync_to_async(ratelimit.message_limits)(self.conversation_id)
+            site = limits.site_id
+            checks: list[ratelimit.Check] = [
+                ratelimit.Window(
+                    "msg-site", str(site), limits.messages_per_minute, 60, "site_messages"
                 )
-                return False
-        return True
+            ]
+            if limits.bot_answers:
+                # Only a message the bot answers costs model tokens and a reply slot.
+                holder = ratelimit.stream_holder(self.conversation_id, client_id)
+                checks.append(ratelimit.TokenCap(site, limits.tokens_per_day))
+                checks.append(ratelimit.StreamSlot(site, holder, limits.concurrent_replies))
+            verdict = await ratelimit.acheck(checks)
+        if verdict.allowed:
+            return verdict
+        await self._rate_limited(verdict, client_id)
+        return None
+
+    async def _rate_limited(self, verdict: ratelimit.Verdict, client_id: str | None) -> None:
+        extra = {"client_id": client_id} if client_id else {}
+        await self._error(
+            "rate_limited",
+            verdict.detail,
+            retry_after=verdict.retry_after,
+            limit=verdict.limit,
+            **extra,
+        )
 
     async def _handoff(self, frame: dict[str, Any]) -> None:
-        if not await self._within_rate_limits(None, resend=True):
+        if not await self._within_resend_limit(None):
             return
         try:
             await database_sync_to_async(services.conversation_request_handoff)(
@@ -318,7 +387,13 @@ class VisitorConsumer(AsyncWebsocketConsumer):
     # --- Helpers -------------------------------------------------------------------
 
     async def _send(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(event, ensure_ascii=False))
+        # Queued, never awaited: a slow reader must not hold up this consumer, whose
+        # channel-layer queue has no limit (slow_readers.py).
+        if self.outbox is None:
+            self.outbox = slow_readers.Outbox(
+                lambda text: self.send(text_data=text), server_send=self.base_send
+            )
+        self.outbox.put(json.dumps(event, ensure_ascii=False))
 
     async def _error(self, code: str, detail: str, **extra: Any) -> None:
         await self._send({"type": "error", "code": code, "detail": detail, **extra})

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 from conversations import background_loop, stream_state
@@ -56,7 +58,10 @@ class _Outbox:
             conversation_id, batch, done = await queue.get()
             for event in batch:
                 try:
-                    async with asyncio.timeout(5):
+                    # Long enough for the layer to wait out a Redis restart
+                    # (REDIS_RETRY_SECONDS) plus one socket timeout; bounded, so a
+                    # half-open connection cannot stall the outbox.
+                    async with asyncio.timeout(settings.REDIS_RETRY_SECONDS + 5):
                         if event.get("type") == "queue":
                             await get_channel_layer().group_send(
                                 AGENTS_GROUP, {"type": HANDLER, "event": event}
@@ -171,10 +176,17 @@ def note_on_commit(note) -> None:
     )  # fmt: skip
 
 
-async def send_delta(conversation_id: object, message_id: int, index: int, text: str) -> None:
+async def send_delta(
+    conversation_id: object,
+    message_id: int,
+    index: int,
+    text: str,
+    *,
+    text_before: Callable[[], str] | None = None,
+) -> None:
     # The snapshot is written before the broadcast, so a client that joins between
     # the two sees this delta in its snapshot and skips the broadcast copy.
-    await stream_state.record_delta(message_id, index, text)
+    await stream_state.record_delta(message_id, index, text, text_before=text_before)
     await asend(
         conversation_id,
         {"type": "delta", "message_id": str(message_id), "index": index, "text": text},

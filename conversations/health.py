@@ -11,7 +11,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from conversations.redis_clients import sync_redis
+from conversations.redis_clients import probe_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    sync_redis().ping()
+    # Not the shared client: that one waits up to REDIS_RETRY_SECONDS for Redis to
+    # come back, and a probe must answer at once.
+    probe_redis().ping()
 
 
 # How long a probe task may take to be consumed before the workers count as stuck.

@@ -144,6 +144,32 @@ class Site(models.Model):
     widget_greeting = models.CharField(
         max_length=300, default="Hi! Ask us anything. A person can take over at any time."
     )
+    # Limits for the whole site (conversations/ratelimit.py): empty takes the
+    # deployment's RATE_SITE_* default, 0 means no limit.
+    rate_messages_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Visitor messages per minute, all visitors together. Empty: the default "
+        "(RATE_SITE_MESSAGES_PER_MINUTE); 0: no limit.",
+    )
+    rate_conversations_per_hour = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="New conversations per hour. Empty: the default "
+        "(RATE_SITE_CONVERSATIONS_PER_HOUR); 0: no limit.",
+    )
+    rate_concurrent_replies = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Assistant replies being written at once. Empty: the default "
+        "(RATE_SITE_CONCURRENT_REPLIES); 0: no limit.",
+    )
+    rate_tokens_per_day = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Model tokens (prompt + completion) per UTC day, a cost cap. Empty: the "
+        "default (RATE_SITE_TOKENS_PER_DAY); 0: no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -10,12 +10,19 @@ concurrent replies do not hold one connection each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 
 from conversations import (
     background_loop,
@@ -23,6 +30,7 @@ from conversations import (
     handoff,
     leases,
     moderation,
+    ratelimit,
     selectors,
     services,
     stream_state,
@@ -45,6 +53,15 @@ from conversations.moderation.leak import LeakDetector
 from conversations.prompt import build_messages, system_prompt_for, with_knowledge
 
 logger = logging.getLogger(__name__)
+
+# Errors of a database that is away (down, restarting, failing over) rather than of
+# the statement: worth retrying.
+DB_AWAY = (OperationalError, InterfaceError)
+
+
+class _StoreAbandoned(Exception):
+    """A finished reply could not be stored within DB_RETRY_SECONDS."""
+
 
 NO_KNOWLEDGE_REPLY = (
     "I'm sorry, I couldn't find the answer to that in our help centre, and I'd rather "
@@ -81,6 +98,30 @@ def reply_generate(*, visitor_message_id: int) -> Message | None:
     withdrawn: a reply left `streaming` would keep the visitor waiting forever.
     """
     question = Message.objects.select_related("conversation__site").get(pk=visitor_message_id)
+    try:
+        return _generate(question, visitor_message_id)
+    finally:
+        _slot_given_back(question)
+
+
+def _slot_given_back(question: Message) -> None:
+    """Give back the site's streaming slot the message took when it was admitted
+    (ratelimit.py), also when no reply was written (a handoff, a flagged message). A
+    reply that ended gave it back already; one still streaming (another copy of this
+    task writes it) keeps it until it ends."""
+    try:
+        if Message.objects.filter(reply_to=question, status=Message.Status.STREAMING).exists():
+            return
+    except DatabaseError:
+        pass  # a slot given back early costs less than one held until it expires
+    ratelimit.release_for_message(
+        site_id=question.conversation.site_id,
+        conversation_id=question.conversation_id,
+        client_id=question.client_id,
+    )
+
+
+def _generate(question: Message, visitor_message_id: int) -> Message | None:
     conversation = question.conversation
     site = conversation.site
     moderator = moderation.moderator_for(site)
@@ -149,8 +190,26 @@ def _answer(reply, question, site, moderator, knowledge, model) -> Message:
         )
         # The whole answer is checked once more before it counts as complete.
         final = _answer_verdict(outcome, release, checker, site)
+        if final.stop is not None:
+            # A withdrawn answer is kept for staff, but not a leaked canary or prompt:
+            # agents may not see the prompt, and nobody may see the canary.
+            outcome = dataclasses.replace(
+                outcome,
+                model_text=leak.redact(outcome.model_text),
+                text_so_far=leak.redact(outcome.text_so_far),
+            )
         close_old_connections()
-        stored, decision = _with_db_retries(lambda: _store(reply, request, outcome, final))
+        try:
+            stored, decision = _with_db_retries(lambda: _store(reply, request, outcome, final))
+        except DB_AWAY as error:
+            raise _StoreAbandoned from error
+    except _StoreAbandoned:
+        # The database stayed away for DB_RETRY_SECONDS. Storing a failure would fail
+        # the same way: the reply stays `streaming` with its text in Redis, its lease
+        # lapses when this task ends, and the first sweeps after the database is back
+        # fail it with that text (`reply_failed`).
+        logger.exception("reply %s could not be stored; the sweep will end it", reply.pk)
+        raise
     except Exception:
         logger.exception("reply %s broke; storing it as failed", reply.pk)
         close_old_connections()
@@ -320,7 +379,7 @@ def _release_for(site, checker: AnswerChecker) -> FreeRelease:
             window_chars=settings.MODERATION_WINDOW_CHARS,
             context_chars=settings.MODERATION_CONTEXT_CHARS,
         )
-    return FreeRelease()
+    return FreeRelease(checker.leak)
 
 
 @dataclass(frozen=True)
@@ -354,19 +413,32 @@ def _stop_decision(stop: Stop) -> handoff.Decision:
     return handoff.moderation_decision(stop.verdict, of="the answer")
 
 
-def _with_db_retries(store, attempts: int = 5):
-    """Storing the outcome outlives a short database outage (a restart, a failover)."""
-    for attempt in range(attempts):
+def _with_db_retries(store):
+    """Storing an outcome outlives a database outage (a restart, a failover) of up to
+    DB_RETRY_SECONDS. The reply's lease is renewed meanwhile (in Redis), so no sweep
+    fails it, and the visitor gets `done` as soon as the database is back."""
+    deadline = time.monotonic() + settings.DB_RETRY_SECONDS
+    attempt = 0
+    while True:
         try:
             return store()
-        except (DatabaseError, InterfaceError):
-            if attempt == attempts - 1:
+        except DB_AWAY as error:
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
-            logger.warning("storing a reply failed; retry %d", attempt + 1)
+            if attempt == 1 or attempt % 10 == 0:
+                logger.warning(
+                    "storing a reply failed (%s); retrying for %.0f s more",
+                    type(error).__name__,
+                    left,
+                )
             close_old_connections()
             connection.close()
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-    raise AssertionError("unreachable")
+            # Short waits: while the database is away the pool fails at once (one
+            # caller at a time waits for it), so retrying is cheap, and the first
+            # retry after it is back succeeds.
+            time.sleep(min(1.0, 0.25 * attempt, left))
 
 
 def _store(
@@ -532,7 +604,14 @@ async def relay(
                         await start_sent
                     joined = "".join(pending)
                     pending.clear()
-                    await events.send_delta(conversation_id, reply_id, index, joined)
+                    await events.send_delta(
+                        conversation_id,
+                        reply_id,
+                        index,
+                        joined,
+                        # Joined only if Redis lost the snapshot (a restart).
+                        text_before=lambda: "".join(sent),
+                    )
                     sent.append(joined)
                     index += 1
             result = await producer

@@ -1,9 +1,22 @@
 from channels.auth import AuthMiddlewareStack
+from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
 from conversations.agent_consumer import AgentConsumer
 from conversations.consumers import VisitorConsumer
+
+
+class NoSuchSocket(AsyncWebsocketConsumer):
+    """Refuses the handshake (HTTP 403) on a path with no websocket endpoint.
+
+    Without it Channels' router raises for an unknown path: the client gets a 500
+    and the server logs a traceback, for any stray or hostile request.
+    """
+
+    async def connect(self) -> None:
+        await self.close()
+
 
 websocket_urlpatterns = [
     re_path(
@@ -16,4 +29,6 @@ websocket_urlpatterns = [
         r"^ws/v1/agent/$",
         AllowedHostsOriginValidator(AuthMiddlewareStack(AgentConsumer.as_asgi())),
     ),
+    # Last: everything the routes above do not match.
+    re_path(r"", NoSuchSocket.as_asgi()),
 ]

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from conversations import events, stream_state, visitors
+from conversations import events, ratelimit, stream_state, visitors
 from conversations.handoff import Decision
 from conversations.models import Conversation, Message, Site, StatusChange, Ticket
 from conversations.moderation.verdict import FLAGGED, Verdict
@@ -426,6 +426,8 @@ def _reply_close(
         logger.warning("reply %s was already closed; keeping its first outcome", reply.pk)
         reply.refresh_from_db()
         return
+    # Before the events: a visitor who sees `done` finds the slot free and the tokens counted.
+    transaction.on_commit(lambda: ratelimit.reply_closed(reply), robust=True)
     if status == Message.Status.WITHDRAWN:
         events.reply_withdrawn_on_commit(reply)
     else:

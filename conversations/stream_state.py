@@ -3,6 +3,8 @@ mid-reply gets a snapshot and then only the deltas it has not seen."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from conversations.redis_clients import async_redis, sync_redis
 
 _scripts: dict[int, object] = {}
@@ -25,11 +27,21 @@ class Cancelled(Exception):
 
 # One round trip per delta instead of a MULTI pipeline's six commands. A reply whose
 # conversation a person took over records nothing more (and so sends nothing more).
+# Mode "check" reports (2) a snapshot that Redis lost (it restarted empty: the
+# index of the next delta is gone) instead of appending to nothing; mode "replace"
+# then writes the whole text so far.
 _RECORD = """
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return 0
 end
-redis.call('APPEND', KEYS[1], ARGV[1])
+if ARGV[4] == 'check' and redis.call('EXISTS', KEYS[2]) == 0 then
+  return 2
+end
+if ARGV[4] == 'replace' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('APPEND', KEYS[1], ARGV[1])
+end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -37,16 +49,25 @@ return 1
 """
 
 
-async def record_delta(message_id: int, index: int, text: str) -> None:
-    """Append a delta to the snapshot; raises Cancelled if the reply was stopped."""
+async def record_delta(
+    message_id: int, index: int, text: str, *, text_before: Callable[[], str] | None = None
+) -> None:
+    """Append a delta to the snapshot; raises Cancelled if the reply was stopped.
+
+    `text_before` gives the text of the deltas before this one: with it, a snapshot
+    that Redis lost (a restart) is written again whole, so a client that joins
+    later gets all the text so far, not just what came after the restart.
+    """
     client = async_redis()
     script = _scripts.get(id(client))
     if script is None:
         script = _scripts[id(client)] = client.register_script(_RECORD)
-    recorded = await script(
-        keys=[*_keys(message_id), _cancel_key(message_id)],
-        args=[text.encode(), index + 1, _TTL_SECONDS],
-    )
+    keys = [*_keys(message_id), _cancel_key(message_id)]
+    mode = "check" if index > 0 and text_before is not None else "append"
+    recorded = await script(keys=keys, args=[text.encode(), index + 1, _TTL_SECONDS, mode])
+    if recorded == 2 and text_before is not None:
+        full = (text_before() + text).encode()
+        recorded = await script(keys=keys, args=[full, index + 1, _TTL_SECONDS, "replace"])
     if not recorded:
         raise Cancelled(message_id)
 

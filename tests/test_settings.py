@@ -76,3 +76,23 @@ def test_an_api_key_without_a_base_url_means_the_openai_api():
     )  # fmt: skip
     assert result.stdout.split() == ["https://api.openai.com/v1", "gpt-4o-mini"], result.stderr
     assert "sk-test" not in result.stdout + result.stderr
+
+
+def test_deployments_on_one_redis_server_do_not_hear_each_other():
+    # Redis pub/sub ignores the database number, so the channel layer's names must
+    # differ by it (the agents' queue of one deployment must not reach another's).
+    def prefix(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", "import supportbot.settings as s; print(s.CHANNEL_LAYERS["
+             "'default']['CONFIG']['prefix'])"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "SECRET_KEY": "a-secret-key-for-this-test-only-0123456789",
+                 "CHANNEL_LAYER_PREFIX": "", **env},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    one = prefix(REDIS_URL="redis://127.0.0.1:6379/1")
+    two = prefix(REDIS_URL="redis://127.0.0.1:6379/2")
+    assert one != two
+    assert prefix(REDIS_URL="redis://127.0.0.1:6379/1", CHANNEL_LAYER_PREFIX="shop.") == "shop."

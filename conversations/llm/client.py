@@ -18,8 +18,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+
+from conversations.text import made_storable
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,29 @@ class LLMClient:
         started: float,
         on_piece: Callable[[str], None],
     ) -> None:
+        """One request. Its errors never carry the API key: a provider may echo the key
+        in an error body ("Incorrect API key provided: sk-..."), and error messages are
+        logged and kept."""
+        try:
+            await self._attempt_once(body, result, started, on_piece)
+        except _Retry as retry:
+            raise _Retry(self._scrubbed(retry.error), retry.wait) from None
+        except LLMError as error:
+            raise self._scrubbed(error) from None
+
+    def _scrubbed(self, error: LLMError) -> LLMError:
+        message = redact(str(error), self._api_key)
+        if message == str(error):
+            return error
+        return LLMError(error.code, message, permanent=error.permanent, status=error.status)
+
+    async def _attempt_once(
+        self,
+        body: dict[str, Any],
+        result: ChatResult,
+        started: float,
+        on_piece: Callable[[str], None],
+    ) -> None:
         client = self._client()
         try:
             async with asyncio.timeout(self.first_token_timeout) as first_token_deadline:
@@ -240,7 +266,10 @@ class LLMClient:
                 # A broken chunk costs at most one piece; the final `done` event
                 # carries the stored text, so every client agrees on what was said.
                 result.malformed_chunks += 1
-                logger.warning("skipped a malformed chunk from the model API: %.200r", data)
+                logger.warning(
+                    "skipped a malformed chunk from the model API: %.200r",
+                    redact(data, self._api_key),
+                )
                 continue
             if "error" in chunk:
                 message = _error_message(json.dumps(chunk).encode()) or "error in stream"
@@ -256,6 +285,10 @@ class LLMClient:
                 if not isinstance(delta, dict):
                     continue
                 piece = delta.get("content")
+                if isinstance(piece, str):
+                    # What streams is what is stored: PostgreSQL refuses NUL and lone
+                    # surrogates, so they never reach the visitor either.
+                    piece = made_storable(piece)
                 names = _tool_names(delta.get("tool_calls"))
                 if (isinstance(piece, str) and piece) or names:
                     if result.time_to_first_token is None:
@@ -302,6 +335,19 @@ def _retry_after(headers: httpx.Headers) -> float | None:
                 return None
             return max(0.0, parsed.timestamp() - time.time())
     return None
+
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` without any of `secrets`, as written or URL- or JSON-escaped."""
+    for secret in secrets:
+        if len(secret) < 8:
+            continue  # too short to tell from ordinary text (and no real key is)
+        for form in {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}:
+            text = text.replace(form, REDACTED)
+    return text
 
 
 def _error_message(raw: bytes) -> str:

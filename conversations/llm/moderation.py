@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from conversations.llm.client import RETRY_STATUSES, _error_message, _retry_after
+from conversations.llm.client import RETRY_STATUSES, _error_message, _retry_after, redact
 from conversations.moderation.verdict import FLAGGED, PASSED, ModerationUnavailable, Verdict
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,20 @@ class ModerationClient:
         return min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.5)
 
     async def _attempt(self, body: dict[str, Any]) -> bytes:
+        """One request. Its errors never carry the API key, which a provider may echo
+        in an error body: their messages are logged."""
+        try:
+            return await self._attempt_once(body)
+        except _Retry as retry:
+            raise _Retry(self._scrubbed(retry.error), retry.wait) from None
+        except ModerationUnavailable as error:
+            raise self._scrubbed(error) from None
+
+    def _scrubbed(self, error: ModerationUnavailable) -> ModerationUnavailable:
+        message = redact(str(error), self._api_key)
+        return error if message == str(error) else ModerationUnavailable(error.code, message)
+
+    async def _attempt_once(self, body: dict[str, Any]) -> bytes:
         client = self._client()
         try:
             async with client.stream("POST", self.url, json=body) as response:

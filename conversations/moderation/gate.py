@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from conversations.handoff import MarkerFilter
-from conversations.moderation.leak import LeakDetector
+from conversations.moderation.leak import CanaryGuard, LeakDetector
 from conversations.moderation.verdict import (
     FLAGGED,
     UNCHECKED,
@@ -80,24 +80,47 @@ def stop_for(verdict: Verdict, *, fail_open: bool) -> Stop | None:
 
 
 class FreeRelease:
-    """Everything at once (minus the handoff marker); checked only at the end."""
+    """Everything at once (minus the handoff marker); checked only at the end.
 
-    def __init__(self) -> None:
+    Except the prompt canary, with a `leak` detector: it must never reach a visitor,
+    and spotting it costs nothing, so text that could be the start of it is held
+    back until the next piece says otherwise, and the canary itself stops the stream.
+    """
+
+    def __init__(self, leak: LeakDetector | None = None) -> None:
         self.marker = MarkerFilter()
         self.stopped: Stop | None = None
         # Everything the model said, marker removed, shown or not.
         self.model_text = ""
         self.checks = 0
+        self._guard = CanaryGuard(leak) if leak is not None and leak.canary else None
+        self._shown = 0  # of the guard's text
 
     async def feed(self, piece: str) -> str:
         text = self.marker.feed(piece)
         self.model_text += text
-        return text
+        return self._guarded(text, final=False)
 
     async def finish(self) -> str:
         text = self.marker.finish()
         self.model_text += text
-        return text
+        return self._guarded(text, final=True)
+
+    def _guarded(self, text: str, *, final: bool) -> str:
+        if self.stopped is not None:
+            return ""
+        if self._guard is None:
+            return text
+        if self._guard.feed(text):
+            self.stopped = Stop(
+                Verdict(FLAGGED, (LEAK_CATEGORY,), {LEAK_CATEGORY: 1.0}, provider="leak-detector"),
+                LEAK_CODE,
+            )
+            return ""
+        end = len(self._guard.text) if final else self._guard.safe_end()
+        out = self._guard.text[self._shown : end]
+        self._shown = max(self._shown, end)
+        return out
 
 
 # A window ends after a sentence's end followed by a space or at a line break.
@@ -114,7 +137,8 @@ class Gate(FreeRelease):
         context_chars: int,
         min_window_chars: int = 20,
     ) -> None:
-        super().__init__()
+        # The guard also keeps a canary from being cut in two by a window's end.
+        super().__init__(checker.leak)
         self.checker = checker
         self.fail_open = fail_open
         self.window_chars = window_chars
@@ -137,6 +161,8 @@ class Gate(FreeRelease):
         if self.stopped is not None:
             return ""
         self._buffer += await super().finish()
+        if self.stopped is not None:  # the canary guard stopped it
+            return ""
         window, self._buffer = self._buffer, ""
         return await self._release(window) if window else ""
 
