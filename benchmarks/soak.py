@@ -36,7 +36,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,10 @@ class Turn:
     deadline: float
     acked: bool = False  # the server echoed it: stored
     seq: int | None = None
+    # The highest seq this visitor had seen in the conversation when it sent: the reply
+    # is the first assistant message above it. Not "above the echo's seq": the reply's
+    # start can arrive before the echo (they come from different processes).
+    seq_floor: int = 0
     reply_id: str | None = None
     next_index: int = 0
     t_first: float | None = None
@@ -198,6 +202,22 @@ class Context:
         return time.monotonic()
 
 
+def _brief(event: dict[str, Any]) -> str:
+    """An event in a few words, for the trace of a reply that timed out."""
+    kind = event.get("type")
+    message = event.get("message") or {}
+    if kind in ("message", "done"):
+        return (
+            f"{kind} {message.get('role')} id {message.get('id')} seq {message.get('seq')} "
+            f"{message.get('status')}"
+        )
+    if kind == "delta":
+        return f"delta id {event.get('message_id')} #{event.get('index')}"
+    if kind == "status":
+        return f"status {event.get('status')} seq {event.get('seq')}"
+    return str(kind) + (f" {event.get('code')}" if kind == "error" else "")
+
+
 def classify(exc: BaseException) -> str:
     """A short code for a client-side failure, as it goes in the errors column."""
     if isinstance(exc, ReplyTimeout):
@@ -235,8 +255,13 @@ class SoakVisitor:
         self.connected_before = False
         self.usable = True
         self.hello_seq = 0
-        self.max_final_seq = 0
+        self.held: set[int] = set()  # seqs held in final form (messages and status changes)
+        self.synced = 0  # every seq up to this one is held
+        self.max_seq_seen = 0
+        self.socket_high = 0  # the highest message/status seq received on this socket
         self.streaming: dict[str, int] = {}  # message id -> seq, held only as streaming
+        # The latest events (in short) since this visitor's last send, for the report.
+        self.trace: deque[str] = deque(maxlen=40)
         self.finals: set[str] = set()  # assistant message ids held in final form
 
     # --- The loop ---------------------------------------------------------------
@@ -271,7 +296,8 @@ class SoakVisitor:
                     turn.timeouts += 1
                     turn.timeout_notes.append(
                         f"+{now - turn.t_send:.1f} s: acked {turn.acked}, reply "
-                        f"{turn.reply_id or 'not started'}, {turn.next_index} deltas"
+                        f"{turn.reply_id or 'not started'}, {turn.next_index} deltas, floor "
+                        f"seq {turn.seq_floor}, events [{' | '.join(self.trace)}]"
                     )
                     if self.turn.timeouts >= 2:
                         # Two full timeouts: stop waiting, let the database check say
@@ -346,7 +372,7 @@ class SoakVisitor:
     def _resume_seq(self) -> int:
         # The highest seq held in final form, kept below any reply held as streaming
         # (docs/protocol.md, "Choosing last_seq").
-        seq = self.max_final_seq
+        seq = self.synced
         if self.streaming:
             seq = min(seq, min(self.streaming.values()) - 1)
         return max(0, seq)
@@ -358,6 +384,7 @@ class SoakVisitor:
             self.ctx.ws_url + self.conversation["websocket_url"], ORIGIN, self.token, last_seq
         )
         self.hello_seq = last_seq
+        self.socket_high = 0
         if ready["conversation"]["status"] != "bot":
             self.usable = False
         if self.connected_before:
@@ -377,6 +404,8 @@ class SoakVisitor:
         now = self.ctx.now()
         turn = Turn(str(uuid.uuid4()), text, now, now + self.ctx.args.timeout)
         turn.wall_send = time.time()
+        turn.seq_floor = self.max_seq_seen
+        self.trace.clear()
         self.turn = turn
         self.tally.turns.append(turn)
         return turn
@@ -416,10 +445,21 @@ class SoakVisitor:
     def handle(self, event: dict[str, Any], now: float) -> None:
         kind = event.get("type")
         turn = self.turn
+        if turn is not None:
+            self.trace.append(f"+{now - turn.t_send:.1f} {_brief(event)}")
         if kind == "message":
             self._message(event["message"], turn, now)
         elif kind == "delta":
             mid = event["message_id"]
+            if (
+                turn is not None
+                and turn.reply_id is None
+                and mid not in self.finals
+                and mid not in self.streaming
+            ):
+                # A delta of a reply whose start (`message`) has not come (yet).
+                self.tally.anomalies["delta before its reply's start message"] += 1
+                turn.reply_id = mid
             if turn is not None and mid == turn.reply_id:
                 index = event["index"]
                 if index < turn.next_index:
@@ -436,6 +476,14 @@ class SoakVisitor:
         elif kind == "done":
             message = event["message"]
             self._held_final(message["id"], message["seq"])
+            if (
+                turn is not None
+                and turn.reply_id is None
+                and message.get("role") == "assistant"
+                and message["seq"] > turn.seq_floor
+            ):
+                self.tally.anomalies["done before its reply's start message"] += 1
+                turn.reply_id = message["id"]
             if turn is not None and message["id"] == turn.reply_id:
                 self._final(turn, message, now, "done")
             elif message["id"] in self.finals:
@@ -451,7 +499,8 @@ class SoakVisitor:
             ):
                 turn.resend = True
         elif kind == "status":
-            self.max_final_seq = max(self.max_final_seq, event["seq"])
+            self._in_order(event["seq"])
+            self._hold(event["seq"])
             if event["status"] != "bot":
                 # Handed to a person: the bot stops answering; nothing here asks for it.
                 self.tally.anomalies[f"conversation became {event['status']}"] += 1
@@ -461,7 +510,20 @@ class SoakVisitor:
 
     def _held_final(self, message_id: str, seq: int) -> None:
         self.streaming.pop(message_id, None)
-        self.max_final_seq = max(self.max_final_seq, seq)
+        self._hold(seq)
+
+    def _hold(self, seq: int) -> None:
+        self.held.add(seq)
+        self.max_seq_seen = max(self.max_seq_seen, seq)
+        while self.synced + 1 in self.held:
+            self.synced += 1
+            self.held.discard(self.synced)
+
+    def _in_order(self, seq: int) -> None:
+        """Count a live event that arrives after one with a higher seq on this socket."""
+        if seq < self.socket_high:
+            self.tally.anomalies["message or status received after a higher seq"] += 1
+        self.socket_high = max(self.socket_high, seq)
 
     def _message(self, message: dict[str, Any], turn: Turn | None, now: float) -> None:
         mid, seq, role = message["id"], message["seq"], message["role"]
@@ -472,29 +534,30 @@ class SoakVisitor:
         if final and seq <= self.hello_seq and not own_echo:
             # The replay repeated something the hello said this visitor already holds.
             self.tally.anomalies["replayed at or below last_seq"] += 1
+        # A resend's echo (to the sender only) and a resumed stream (replayed even below
+        # last_seq, with next_index) come out of order by design.
+        resent_echo = own_echo and turn is not None and turn.sends > 1
+        if not resent_echo and (final or "next_index" not in message):
+            self._in_order(seq)
         if final:
             self._held_final(mid, seq)
         else:
             self.streaming[mid] = seq
+            self.max_seq_seen = max(self.max_seq_seen, seq)
         if turn is None:
             return
         if own_echo:
             if not turn.acked:
                 turn.acked, turn.seq = True, seq
-        elif (
-            role == "assistant"
-            and turn.reply_id is None
-            and turn.seq is not None
-            and seq > turn.seq
-        ):
+        elif role == "assistant" and turn.reply_id is None and seq > turn.seq_floor:
             # One question in flight per conversation: the next assistant message answers it.
             turn.reply_id = mid
         if role == "assistant" and mid == turn.reply_id:
             if final:
                 self._final(turn, message, now, "replay")
-            else:
-                # A resumed stream continues at next_index; a live start has none (0).
-                turn.next_index = message.get("next_index", 0)
+            elif "next_index" in message:
+                # A resumed stream continues at next_index (a live start has none).
+                turn.next_index = message["next_index"]
 
     def _final(self, turn: Turn, message: dict[str, Any], now: float, via: str) -> None:
         if message["id"] in self.finals:
