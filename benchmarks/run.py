@@ -535,19 +535,20 @@ class LineChild:
         self._log.close()
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
+    """The same PostgreSQL server's URL, naming database `name`."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
 
 
 @contextlib.contextmanager
 def bench_database(server_url: str, name: str) -> Iterator[str]:
-    admin_url = _with_database(server_url, "postgres")
+    admin_url = with_database(server_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _with_database(server_url, name)
+        yield with_database(server_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

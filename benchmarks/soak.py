@@ -52,7 +52,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from benchmarks.run import (
     ConversationRefused,
     ProductStack,
-    _with_database,
     background_load,
     bench_database,
     cpu_seconds,
@@ -63,6 +62,7 @@ from benchmarks.run import (
     percentile,
     run_loop,
     start_product,
+    with_database,
 )
 from tests import stack
 from tests.visitor import ORIGIN
@@ -82,13 +82,14 @@ RECONNECT_SHARE, ABANDON_SHARE, NEW_SHARE = 0.5, 0.25, 0.25
 # Growth checks compare the sample at the end of the last minute with the one at the
 # end of minute 2: minute 1 holds the ramp-up, pools filling and first-use imports,
 # so it is not yet the steady state. Resident memory of a Python server settles
-# within a few minutes (allocator arenas, caches); a leak proportional to traffic
-# (thousands of messages a minute here) keeps growing, and over eight further
-# minutes at this load anything that leaks even a few hundred bytes per message
-# adds more than 25 %. Connection counts move with load inside bounded pools
-# (the ASGI server's Redis pool grows on demand up to 64, the database pool to 20),
-# so they get more room; a connection leak grows with reconnects (hundreds a
-# minute) and passes 1.5x within minutes.
+# within a few minutes (allocator arenas, caches) and then moves by a few percent; a
+# leak keeps growing. At 200 visitors (about 8,000 messages from minute 2 to 10) 25 %
+# of the worker's ~380 MiB is ~12 KiB per message, of the ASGI server's ~170 MiB
+# ~5 KiB: the ratio catches gross leaks (per message or per connection); the printed
+# least-squares trend (MiB/min) is the finer signal. Connection counts move with
+# load inside bounded pools (each asyncio Redis pool grows on demand up to 64, each
+# database pool to 20), so they get more room; a connection leak grows with
+# reconnects (over a hundred a minute) and passes 1.5x within minutes.
 GROWTH_BASE_MARK = 2
 RSS_FACTOR = 1.25
 CONNECTIONS_FACTOR = 1.5
@@ -164,7 +165,7 @@ class Minute:
 class Tally:
     """Per-minute counts, by the minute in which each thing happened."""
 
-    def __init__(self, t0: float, minutes: int):
+    def __init__(self, t0: float, minutes: int) -> None:
         self.t0 = t0
         self.minutes = minutes
         self.by_minute: dict[int, Minute] = defaultdict(Minute)
@@ -185,7 +186,7 @@ class ReplyTimeout(Exception):
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace, product: ProductStack, t0: float):
+    def __init__(self, args: argparse.Namespace, product: ProductStack, t0: float) -> None:
         self.args = args
         self.http_url = product.asgi.url
         self.ws_url = product.asgi.ws_url
@@ -238,7 +239,7 @@ def classify(exc: BaseException) -> str:
 
 
 class SoakVisitor:
-    def __init__(self, index: int, ctx: Context, http: httpx.AsyncClient):
+    def __init__(self, index: int, ctx: Context, http: httpx.AsyncClient) -> None:
         self.index = index
         self.ctx = ctx
         self.tally = ctx.tally
@@ -644,7 +645,7 @@ def _established_by_remote_port() -> dict[str, int]:
 
 
 class Sampler:
-    def __init__(self, pids: dict[str, int], redis_url: str, db_url: str, db_name: str):
+    def __init__(self, pids: dict[str, int], redis_url: str, db_url: str, db_name: str) -> None:
         self.pids = pids
         parts = urlsplit(redis_url)
         self.redis_db = int(parts.path.strip("/") or 0)
@@ -656,7 +657,7 @@ class Sampler:
             db=0 if self.redis_db else 1,
             socket_timeout=10,
         )
-        self.admin_url = _with_database(db_url, "postgres")
+        self.admin_url = with_database(db_url, "postgres")
         self.pg_port = urlsplit(db_url).port or 5432
         self.db_name = db_name
         self.samples: list[ResourceSample] = []
