@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 from dataclasses import dataclass
@@ -39,8 +37,10 @@ from benchmarks.run import (
     BENCH_SERVER_SETTINGS,
     QUESTION,
     Round,
+    add_stack_arguments,
     background_load,
     bench_database,
+    children_stopped,
     django_database,
     header_line,
     load_stored,
@@ -402,26 +402,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=int, default=-1,
         help="visitors in an untimed first round on each stack (default: the largest N)",
     )  # fmt: skip
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/"),
-        help="the PostgreSQL server; a database of the benchmark's own is created there",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL")
-        or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
-    )
+    add_stack_arguments(parser, redis_db=14, set_example="STREAM_COALESCE_MS=100")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per reply")
-    parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument(
         "--py-spy", metavar="DIR",
         help="record py-spy profiles (collapsed stacks) of both stacks' ASGI server and "
         "worker during the largest N into DIR (needs py-spy in the venv)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="extra server environment for both stacks (e.g. --set STREAM_COALESCE_MS=100)",
     )  # fmt: skip
     return parser.parse_args(argv)
 
@@ -456,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     children: list = []
     stacks: dict[str, Stack] = {}
     with stack.log_dir() as logs, bench_database(args.database_url, db_name) as db_url:
-        try:
+        with children_stopped(children, logs, args.keep_logs):
             # One model server for both stacks: the same pacing and the same text.
             llm = start_model(args, logs, "--reply-sentences")
             children.append(llm)
@@ -499,12 +485,6 @@ def main(argv: list[str] | None = None) -> int:
             results = run_loop(measure(args, ns, stacks, db_url, expected))
             for side in stacks.values():
                 report_server_problems([side.worker], side.asgi)
-        finally:
-            for child in reversed(children):
-                with contextlib.suppress(Exception):
-                    child.stop()
-            if args.keep_logs:
-                shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
     table, passed = render(results, check)
     print(table)
     return 0 if passed else 1

@@ -711,31 +711,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="visitors in an untimed first round on each side (default: the largest N), so "
         "connection pools are as warm as in steady operation",
     )  # fmt: skip
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/"),
-        help="the PostgreSQL server; a database of the benchmark's own is created there",
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    )
+    add_stack_arguments(parser, redis_db=14, set_example="DB_CONN_MAX_AGE=60")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per reply")
     parser.add_argument(
         "--worker-processes", type=int, default=1,
         help="Celery worker processes (the concurrency is split between them)",
     )  # fmt: skip
-    parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the stage breakdown")
     parser.add_argument(
         "--py-spy", metavar="DIR",
         help="record py-spy profiles (collapsed stacks) of the ASGI server and the worker "
         "during the product rounds of the largest N into DIR (needs py-spy in the venv)",
     )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def add_stack_arguments(
+    parser: argparse.ArgumentParser, *, redis_db: int, set_example: str
+) -> None:
+    """The options of every harness that starts a stack of its own."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/"),
+        help="the PostgreSQL server; a database of the run's own is created there",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL")
+        or os.environ.get("REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+        help="the Redis database the stack uses; keep it to this run",
+    )
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs into DIR")
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="extra server environment (e.g. --set DB_CONN_MAX_AGE=60)",
+        help=f"extra server environment (e.g. --set {set_example})",
     )  # fmt: skip
-    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def children_stopped(children: list, logs: Path, keep_logs: str | None) -> Iterator[None]:
+    """Stops every child process started in the block (last first), whatever happens,
+    and keeps a copy of their logs when asked to."""
+    try:
+        yield
+    finally:
+        for child in reversed(children):
+            with contextlib.suppress(Exception):
+                child.stop()
+        if keep_logs:
+            shutil.copytree(logs, keep_logs, dirs_exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -832,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     children: list = []
     with stack.log_dir() as logs, bench_database(args.database_url, db_name) as db_url:
-        try:
+        with children_stopped(children, logs, args.keep_logs):
             product = start_product(
                 args, logs, db_url, children,
                 concurrency=concurrency, worker_processes=args.worker_processes,
@@ -867,12 +891,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             report_server_problems(workers, asgi)
-        finally:
-            for child in reversed(children):
-                with contextlib.suppress(Exception):
-                    child.stop()
-            if args.keep_logs:
-                shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
     table, passed = render(summaries, args, breakdowns)
     print(table)
     return 0 if passed else 1

@@ -32,7 +32,6 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
 import uuid
@@ -52,8 +51,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from benchmarks.run import (
     ConversationRefused,
     ProductStack,
+    add_stack_arguments,
     background_load,
     bench_database,
+    children_stopped,
     cpu_seconds,
     create_conversation,
     header_line,
@@ -1316,24 +1317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency-worker", type=int, default=256,
         help="Celery worker --concurrency and REPLY_CONCURRENCY (raised to --visitors)",
     )  # fmt: skip
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/"),
-        help="the PostgreSQL server; a database of the soak's own is created there",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL")
-        or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12"),
-        help="the Redis database the stack uses; keep it to this run (its clients and keys "
-        "are counted as the stack's)",
-    )
+    # The Redis database's clients and keys are counted as the stack's: keep it to this run.
+    add_stack_arguments(parser, redis_db=12, set_example="DB_POOL_MAX_SIZE=10")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "soak.svg"), metavar="SVG")
-    parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs into DIR")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="extra server environment (e.g. --set DB_POOL_MAX_SIZE=10)",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     if not 1 <= args.minutes <= MAX_MINUTES:
         parser.error(f"--minutes must be 1 to {MAX_MINUTES}: a soak run is bounded")
@@ -1348,7 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     children: list = []
     with stack.log_dir() as logs, bench_database(args.database_url, db_name) as db_url:
-        try:
+        with children_stopped(children, logs, args.keep_logs):
             product = start_product(args, logs, db_url, children, concurrency=concurrency)
             background = background_load()
             header = (
@@ -1359,12 +1345,6 @@ def main(argv: list[str] | None = None) -> int:
             print(header, flush=True)
             result = run_loop(soak(args, product, db_url, db_name))
             scan_logs(result, [product.asgi, *product.workers])
-        finally:
-            for child in reversed(children):
-                with contextlib.suppress(Exception):
-                    child.stop()
-            if args.keep_logs:
-                shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
     table, passed = render(result, args, redis_db)
     print(table)
     if args.plot:
