@@ -1,7 +1,7 @@
 """Whether a changed `retrieve()` returns exactly what an earlier version returns.
 
-    git show HEAD:conversations/knowledge/retrieval.py > /tmp/retrieval_before.py
-    python -m benchmarks.retrieval_same /tmp/retrieval_before.py [--chunks N] [--queries Q]
+    git show HEAD:conversations/knowledge/retrieval.py > earlier_retrieval.py
+    python -m benchmarks.retrieval_same earlier_retrieval.py [--chunks N] [--queries Q]
 
 Creates a database of its own on the server at DATABASE_URL (dropped at the end)
 with one site holding the demo help centre and, with --chunks, generated articles
