@@ -157,6 +157,21 @@ def log_dir() -> Iterator[Path]:
         yield Path(path)
 
 
+def call_failed(request) -> bool:
+    """Whether the test of this fixture request failed (see conftest's report hook)."""
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and report.failed
+
+
+def stop_all(children: list[Child], request, *, log_tail: int = 6000) -> None:
+    """Stop a test's own processes; if the test failed, print the end of each log."""
+    failed = call_failed(request)
+    for child in children:
+        child.stop()
+        if failed:
+            print(f"----- {child.name} log -----\n{child.log()[-log_tail:]}")
+
+
 def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """Run a manage.py command with a server environment (e.g. migrating a test's own
     database); its output, or an error carrying the output."""

@@ -89,12 +89,8 @@ def restartable(llm_server, request):
             # The shell may print a banner first; the key is the last line.
             yield postgres, children[1], children[0], output.split()[-1]
         finally:
-            report = getattr(request.node, "rep_call", None)
-            for child in children:
-                child.stop()
-                if report is not None and report.failed:
-                    print(f"----- {child.name} log -----\n{child.log()[-8000:]}")
-            if report is not None and report.failed:
+            stack_module.stop_all(children, request, log_tail=8000)
+            if stack_module.call_failed(request):
                 print(f"----- postgres log -----\n{postgres.log_path.read_text()[-3000:]}")
 
 

@@ -80,11 +80,7 @@ def restart_stack(llm_server, transactional_db, request):
             children.append(asgi)
             yield redis_server, asgi, worker
         finally:
-            report = getattr(request.node, "rep_call", None)
-            for child in children:
-                child.stop()
-                if report is not None and report.failed:
-                    print(f"----- {child.name} log -----\n{child.log()[-20000:]}")
+            stack_module.stop_all(children, request, log_tail=20000)
             redis_server.stop()
 
 

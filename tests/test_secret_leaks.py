@@ -310,8 +310,7 @@ def secret_stack(llm_server, transactional_db, request):
         yield SecretStack(asgi, worker)
         asgi.stop()
         worker.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
+        if stack_module.call_failed(request):
             for child in (asgi, worker):
                 print(f"----- {child.name} log -----\n{child.log()[-5000:]}")
 

@@ -73,11 +73,7 @@ def own_asgi(llm_server, transactional_db, request):
             children.append(stack_module.AsgiServer(env, logs))
             yield children[1]
         finally:
-            report = getattr(request.node, "rep_call", None)
-            for child in children:
-                child.stop()
-                if report is not None and report.failed:
-                    print(f"----- {child.name} log -----\n{child.log()[-6000:]}")
+            stack_module.stop_all(children, request)
 
 
 class StalledReader:

@@ -70,8 +70,7 @@ def two_by_two_processes(django_db_setup, django_db_blocker, llm_server):
 def two_by_two(two_by_two_processes, transactional_db, request):
     servers, workers, children = two_by_two_processes
     yield servers, workers
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
+    if stack_module.call_failed(request):
         for child in children:
             print(f"----- {child.name} log (alive: {child.alive()}) -----\n{child.log()[-6000:]}")
 

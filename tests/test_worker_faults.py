@@ -47,11 +47,7 @@ def own_stack(stack, llm_server, transactional_db, request):
         try:
             yield asgi, worker, children
         finally:
-            report = getattr(request.node, "rep_call", None)
-            for child in children:
-                child.stop()
-                if report is not None and report.failed:
-                    print(f"----- {child.name} log -----\n{child.log()[-5000:]}")
+            stack_module.stop_all(children, request, log_tail=5000)
 
 
 def test_a_worker_killed_mid_reply_ends_in_one_reply_failed_within_the_bound(
